@@ -1,0 +1,22 @@
+"""etprop: online training of recurrent and spiking networks in JAX by eligibility-trace propagation."""
+
+from etprop.errors import ArgumentError, CompilationError, EtpropError, NotSupportedError, OperandError
+from etprop.grad import GradExpon
+from etprop.input_data import MultiStepData, SingleStepData
+from etprop.operators import (conv, einsum, element_wise, embedding, grouped_matmul, lora_matmul, matmul,
+                              sparse_matmul)
+from etprop.primitive import ETPCall, ETPPrimitive, get_primitive, lookup_call, register_primitive
+from etprop.trace_state import EligibilityTrace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # ETP operators
+    "matmul", "element_wise", "conv", "sparse_matmul", "lora_matmul", "grouped_matmul", "embedding", "einsum",
+    # custom primitives
+    "ETPPrimitive", "ETPCall", "register_primitive", "get_primitive", "lookup_call",
+    # core types
+    "SingleStepData", "MultiStepData", "EligibilityTrace", "GradExpon",
+    # errors
+    "EtpropError", "NotSupportedError", "CompilationError", "OperandError", "ArgumentError",
+]

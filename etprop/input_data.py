@@ -1,0 +1,58 @@
+"""Input wrappers that say whether a call is one time step or a window of steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+__all__ = ["SingleStepData", "MultiStepData", "is_input_data"]
+
+
+class _InputData:
+    """A pytree holding the positional inputs of one learner call."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, *data: Any):
+        if not data:
+            raise ValueError(f"{type(self).__name__} needs at least one input")
+        self.data = tuple(data)
+
+    def __repr__(self):
+        shapes = jax.tree.map(lambda a: getattr(a, "shape", type(a).__name__), self.data)
+        return f"{type(self).__name__}{shapes}"
+
+    def tree_flatten(self):
+        return self.data, None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.data = tuple(children)
+        return obj
+
+
+@jax.tree_util.register_pytree_node_class
+class SingleStepData(_InputData):
+    """Inputs of one time step. A plain array passed to a learner means the same thing."""
+
+
+@jax.tree_util.register_pytree_node_class
+class MultiStepData(_InputData):
+    """Inputs of a window of ``T`` steps: every leaf has time as its leading axis.
+
+    A learner runs the window with exact reverse mode inside it while the
+    eligibility trace carries credit from before the window.
+    """
+
+    @property
+    def num_steps(self) -> int:
+        lengths = {leaf.shape[0] for leaf in jax.tree.leaves(self.data)}
+        if len(lengths) != 1:
+            raise ValueError(f"MultiStepData leaves disagree on the time axis length: {sorted(lengths)}")
+        return lengths.pop()
+
+
+def is_input_data(x) -> bool:
+    return isinstance(x, _InputData)

@@ -1,0 +1,63 @@
+"""Operand checks shared by the built-in operators; each raises `OperandError` naming the operand."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from etprop.errors import OperandError
+
+
+def shape_of(a) -> tuple[int, ...]:
+    return tuple(np.shape(a))
+
+
+def check_rank(op: str, name: str, a, ranks: tuple[int, ...], expected: str) -> int:
+    nd = len(shape_of(a))
+    if nd not in ranks:
+        raise OperandError(f"{op}: '{name}' has shape {shape_of(a)} (rank {nd}); expected {expected}")
+    return nd
+
+
+def check_dim(op: str, name: str, got: int, want: int, what: str) -> None:
+    if got != want:
+        raise OperandError(f"{op}: {what} of '{name}' is {got}, expected {want}")
+
+
+def check_shape(op: str, name: str, a, want: tuple[int, ...]) -> None:
+    if shape_of(a) != tuple(want):
+        raise OperandError(f"{op}: '{name}' has shape {shape_of(a)}, expected {tuple(want)}")
+
+
+def dtype_of(a):
+    m = getattr(a, "mantissa", a)
+    return jnp.result_type(m)
+
+
+def check_float(op: str, name: str, a) -> None:
+    dt = dtype_of(a)
+    if not jnp.issubdtype(dt, jnp.inexact):
+        raise OperandError(f"{op}: trainable '{name}' must be a floating-point array, got dtype {dt}; "
+                           f"cast it, e.g. jnp.asarray(w, jnp.float32)")
+
+
+def check_numeric(op: str, name: str, a) -> None:
+    dt = dtype_of(a)
+    if not (jnp.issubdtype(dt, jnp.number) or dt == jnp.bool_):
+        raise OperandError(f"{op}: '{name}' must be numeric, got dtype {dt}")
+
+
+def check_int(op: str, name: str, a) -> None:
+    dt = dtype_of(a)
+    if not jnp.issubdtype(dt, jnp.integer):
+        raise OperandError(f"{op}: '{name}' must be an integer array of indices, got dtype {dt}")
+
+
+def check_params_float(op: str, params: dict) -> None:
+    for k, p in params.items():
+        check_float(op, k, p)
+
+
+def check_bias(op: str, bias, want: tuple[int, ...]) -> None:
+    if bias is not None:
+        check_shape(op, "bias", bias, want)

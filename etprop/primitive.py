@@ -1,0 +1,300 @@
+"""ETP primitives: marked JAX operations that the compiler can find in a jaxpr.
+
+An ETP primitive is a forward function ``y = f(x, params)`` whose parameters should
+learn online. Calling it runs the forward inside a *named* ``jax.jit``; in a jaxpr
+that shows up as one ``jit`` equation whose ``name`` identifies an `ETPCall`
+(the primitive, the operand tree, static options and parameter transforms).
+Outside online learning the marked call is exactly the forward function: jit,
+grad, jvp and vmap see an ordinary nested jit, so no JAX internal is touched.
+
+Units: operands may be `brainunit.Quantity`; mantissas and units are split
+inside the marked call, the forward sees plain arrays, and the output unit is
+recombined (by default ``unit(x) * prod(unit(p) for p != 'bias')``).
+
+A primitive may declare two optional rules used by online algorithms:
+
+``out_to_param[name](v, params, aux, config)``
+    Broadcast a per-output-position array ``v`` of shape ``(..., *y.shape)``
+    (unbatched ``y``) to the shape of parameter ``name``, such that each
+    parameter element picks the one output position it drives. Declaring it
+    says "every element of this parameter drives at most one output position",
+    which is what the per-parameter (D-RTRL) trace needs. Without it the
+    parameter can only use factorised (ES-D-RTRL) traces. A rule may return
+    None for calls whose options make the parameter non-diagonal.
+``param_grad(x, dy, params, aux, config) -> dict``
+    The pullback of the forward w.r.t. the (transformed-mantissa) parameters
+    for one sample. Defaults to `jax.vjp`; override for speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import brainunit as u
+import jax
+import jax.numpy as jnp
+
+from etprop.errors import OperandError
+
+__all__ = ["ETPPrimitive", "ETPCall", "register_primitive", "get_primitive", "lookup_call", "MARK_PREFIX"]
+
+MARK_PREFIX = "etprop__"
+
+_PRIMITIVES: dict[str, ETPPrimitive] = {}
+_CALLS: dict[int, ETPCall] = {}
+_CALL_IDS: dict[tuple, int] = {}
+_JITTED: dict[int, Callable] = {}
+_LOCK = threading.Lock()
+_COUNTER = itertools.count()
+
+
+def split_unit(x):
+    """``(mantissa, unit)`` of an array or quantity; plain arrays get ``Unit('1')``."""
+    return u.split_mantissa_unit(x)
+
+
+def _freeze(mapping: Mapping[str, Any] | None) -> tuple:
+    if not mapping:
+        return ()
+    items = []
+    for k in sorted(mapping):
+        v = mapping[k]
+        if isinstance(v, list):
+            v = tuple(v)
+        items.append((k, v))
+    return tuple(items)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ETPCall:
+    """One specialisation of an ETP primitive: everything static about a call.
+
+    The compiler maps a marked jit equation back to this object with
+    `lookup_call`, then `unflatten` turns the equation's operands into
+    ``(x, params, aux)``.
+    """
+
+    primitive: ETPPrimitive
+    in_tree: Any
+    config: tuple
+    fns: tuple
+    call_id: int
+
+    @property
+    def config_dict(self) -> dict:
+        return dict(self.config)
+
+    @property
+    def name(self) -> str:
+        return f"{MARK_PREFIX}{self.primitive.name}__{self.call_id}"
+
+    def unflatten(self, leaves):
+        """``(x, params, aux)`` from the flat operands of the marked equation."""
+        return jax.tree.unflatten(self.in_tree, leaves)
+
+    def param_paths(self) -> tuple[str, ...]:
+        """Names of the parameters this call takes, in flat-operand order."""
+        x, params, aux = jax.tree.unflatten(self.in_tree, [None] * self.in_tree.num_leaves)
+        return tuple(sorted(params))
+
+    def apply(self, x, params, aux):
+        """The marked computation, unjitted: transforms, unit split, forward, recombine."""
+        return self.primitive._apply(x, params, aux, dict(self.fns), self.config_dict)
+
+    def apply_mantissa(self, x, params, aux):
+        """Forward on already-transformed, unit-free operands (what the rules use)."""
+        return self.primitive.forward(x, params, aux, **self.config_dict)
+
+    def out_to_param(self, name: str, v, params, aux):
+        """`ETPPrimitive.out_to_param` for this call; None if ``name`` is not diagonal."""
+        rule = self.primitive.out_to_param.get(name)
+        return None if rule is None else rule(v, params, aux, self.config_dict)
+
+    def transformed_params(self, params):
+        """Parameters after their transforms, as mantissas in the units the forward sees."""
+        fns = dict(self.fns)
+        out = {}
+        for k, p in params.items():
+            p = fns[k](p) if fns.get(k) is not None else p
+            out[k] = split_unit(p)[0]
+        return out
+
+
+class ETPPrimitive:
+    """A user-definable ETP operator.
+
+    Args:
+      name: unique name, e.g. ``"matmul"``.
+      forward: ``forward(x, params, aux, **config) -> y`` on plain arrays. ``params``
+        is a dict of the (transformed, unit-free) trainable parameters present in
+        this call, ``aux`` a dict of non-trainable array operands (e.g. sparse
+        indices). A ``'bias'`` parameter, if present, arrives already converted to
+        the output unit; the forward adds it.
+      param_names: the parameters this primitive may take (``'bias'`` optional).
+      validate: ``validate(x, params, aux, config)`` on the raw operands, before
+        tracing; raise `OperandError` with a message naming the operand.
+      out_unit: ``out_unit(x_unit, param_units) -> Unit``; default multiplies the
+        unit of ``x`` with those of all non-bias parameters.
+      out_to_param: ``{param_name: fn(v, params, aux, config)}``, see module doc.
+      param_grad: ``param_grad(x, dy, params, aux, config) -> dict`` per sample.
+      doc: one line for reports.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        forward: Callable,
+        *,
+        param_names: tuple[str, ...] = ("weight", "bias"),
+        validate: Callable | None = None,
+        out_unit: Callable | None = None,
+        out_to_param: Mapping[str, Callable] | None = None,
+        param_grad: Callable | None = None,
+        doc: str = "",
+    ):
+        if not name.isidentifier():
+            raise ValueError(f"ETP primitive name must be a Python identifier, got {name!r}")
+        self.name = name
+        self.forward = forward
+        self.param_names = tuple(param_names)
+        self.validate = validate
+        self.out_unit = out_unit
+        self.out_to_param = dict(out_to_param or {})
+        self._param_grad = param_grad
+        self.doc = doc
+        unknown = set(self.out_to_param) - set(self.param_names)
+        if unknown:
+            raise ValueError(f"out_to_param names unknown parameters {sorted(unknown)} of {name!r}")
+
+    def __repr__(self):
+        return f"ETPPrimitive({self.name!r})"
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def _apply(self, x, params, aux, fns, config):
+        params = {k: (fns[k](p) if fns.get(k) is not None else p) for k, p in params.items()}
+        x_m, x_u = split_unit(x) if x is not None else (None, u.UNITLESS)
+        split = {k: split_unit(p) for k, p in params.items()}
+        p_m = {k: m for k, (m, _) in split.items()}
+        units = {k: un for k, (_, un) in split.items()}
+        core_units = {k: un for k, un in units.items() if k != "bias"}
+        if self.out_unit is not None:
+            y_u = self.out_unit(x_u, core_units)
+        else:
+            y_u = x_u
+            for un in core_units.values():
+                y_u = y_u * un
+        if "bias" in params:
+            p_m["bias"] = _bias_in_unit(self.name, params["bias"], units["bias"], y_u)
+        y = self.forward(x_m, p_m, aux, **config)
+        if y_u.is_unitless and y_u.factor == 1.0:
+            return y
+        return u.maybe_decimal(u.Quantity(y, unit=y_u))
+
+    def param_grad(self, call: ETPCall, x, dy, params, aux):
+        """Per-sample pullback w.r.t. the transformed-mantissa parameters (a dict)."""
+        config = call.config_dict
+        if self._param_grad is not None:
+            return self._param_grad(x, dy, params, aux, config)
+        _, pull = jax.vjp(lambda p: self.forward(x, p, aux, **config), params)
+        return pull(dy)[0]
+
+    def bind(self, x, params: Mapping[str, Any], *, aux: Mapping[str, Any] | None = None,
+             fns: Mapping[str, Callable | None] | None = None, **config):
+        """Run the primitive as a marked call.
+
+        Args:
+          x: the input operand (array or quantity, or None for parameter-only ops).
+          params: trainable operands by name; ``None`` values are dropped.
+          aux: non-trainable array operands by name.
+          fns: per-parameter transforms applied to the raw value inside the call.
+          **config: static (hashable) options passed to ``forward``.
+        """
+        params = {k: v for k, v in params.items() if v is not None}
+        unknown = set(params) - set(self.param_names)
+        if unknown:
+            raise OperandError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; "
+                               f"expected some of {list(self.param_names)}")
+        aux = dict(aux or {})
+        fns = {k: f for k, f in (fns or {}).items() if f is not None and k in params}
+        for k, f in fns.items():
+            if not callable(f):
+                raise OperandError(f"{self.name}: the transform for {k!r} must be callable, got {f!r}")
+        if self.validate is not None:
+            self.validate(x, params, aux, config)
+        operands = (x, params, aux)
+        leaves, in_tree = jax.tree.flatten(operands)
+        for leaf in leaves:
+            if not isinstance(leaf, (jax.Array, jnp.ndarray)) and not hasattr(leaf, "dtype"):
+                if not isinstance(leaf, (int, float, bool, complex)):
+                    raise OperandError(f"{self.name}: operands must be arrays or quantities, got {type(leaf)}")
+        call = self._specialise(in_tree, _freeze(config), _freeze(fns))
+        return _jitted(call)(*leaves)
+
+    def _specialise(self, in_tree, config: tuple, fns: tuple) -> ETPCall:
+        key = (self.name, in_tree, config, fns)
+        with _LOCK:
+            cid = _CALL_IDS.get(key)
+            if cid is None:
+                cid = next(_COUNTER)
+                _CALL_IDS[key] = cid
+                _CALLS[cid] = ETPCall(self, in_tree, config, fns, cid)
+            return _CALLS[cid]
+
+
+def _bias_in_unit(op: str, bias, bias_unit, y_unit):
+    if not bias_unit.has_same_dim(y_unit):
+        raise OperandError(
+            f"{op}: 'bias' has unit {bias_unit} but the output has unit {y_unit}; "
+            f"give the bias in units of {y_unit} (or a compatible unit)")
+    if bias_unit == y_unit:
+        return split_unit(bias)[0]
+    return u.Quantity(bias).to_decimal(y_unit)
+
+
+def _jitted(call: ETPCall) -> Callable:
+    fn = _JITTED.get(call.call_id)
+    if fn is None:
+        def marked(*leaves):
+            return call.apply(*call.unflatten(leaves))
+
+        marked.__name__ = marked.__qualname__ = call.name
+        fn = _JITTED[call.call_id] = jax.jit(marked)
+    return fn
+
+
+def register_primitive(primitive: ETPPrimitive, *, overwrite: bool = False) -> ETPPrimitive:
+    """Make ``primitive`` known to the compiler. Returns it, so it can decorate."""
+    if primitive.name in _PRIMITIVES and not overwrite and _PRIMITIVES[primitive.name] is not primitive:
+        raise ValueError(f"an ETP primitive named {primitive.name!r} is already registered; "
+                         f"pick another name or pass overwrite=True")
+    _PRIMITIVES[primitive.name] = primitive
+    return primitive
+
+
+def get_primitive(name: str) -> ETPPrimitive:
+    try:
+        return _PRIMITIVES[name]
+    except KeyError:
+        raise KeyError(f"no ETP primitive named {name!r}; registered: {sorted(_PRIMITIVES)}") from None
+
+
+def lookup_call(eqn) -> ETPCall | None:
+    """The `ETPCall` behind a jaxpr equation, or None if it is not an ETP call."""
+    if eqn.primitive.name not in ("jit", "pjit"):
+        return None
+    name = eqn.params.get("name", "")
+    if not isinstance(name, str) or not name.startswith(MARK_PREFIX):
+        return None
+    try:
+        cid = int(name.rsplit("__", 1)[1])
+    except (IndexError, ValueError):
+        return None
+    call = _CALLS.get(cid)
+    if call is None or call.name != name:
+        return None
+    return call
