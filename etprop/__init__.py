@@ -1,10 +1,14 @@
 """etprop: online training of recurrent and spiking networks in JAX by eligibility-trace propagation."""
 
+from etprop.algorithms import (BPTT, D_RTRL, ES_D_RTRL, HybridDimVjpAlgorithm, IODimVjpAlgorithm,
+                               OnlineAlgorithm, ParamDimVjpAlgorithm, pp_prop)
 from etprop.errors import ArgumentError, CompilationError, EtpropError, NotSupportedError, OperandError
 from etprop.grad import GradExpon
+from etprop.graph import ETraceGraph, HiddenGroup, Relation, compile_graph
 from etprop.input_data import MultiStepData, SingleStepData
 from etprop.operators import (conv, einsum, element_wise, embedding, grouped_matmul, lora_matmul, matmul,
                               sparse_matmul)
+from etprop.learner import compile
 from etprop.primitive import ETPCall, ETPPrimitive, get_primitive, lookup_call, register_primitive
 from etprop.trace_state import EligibilityTrace
 
@@ -17,6 +21,9 @@ __all__ = [
     "ETPPrimitive", "ETPCall", "register_primitive", "get_primitive", "lookup_call",
     # core types
     "SingleStepData", "MultiStepData", "EligibilityTrace", "GradExpon",
+    # online learning
+    "compile", "OnlineAlgorithm", "D_RTRL", "ParamDimVjpAlgorithm", "ES_D_RTRL", "IODimVjpAlgorithm", "pp_prop",
+    "HybridDimVjpAlgorithm", "BPTT", "compile_graph", "ETraceGraph", "HiddenGroup", "Relation",
     # errors
     "EtpropError", "NotSupportedError", "CompilationError", "OperandError", "ArgumentError",
 ]

@@ -38,6 +38,11 @@ def _decay_from(tau_or_decay, dt) -> float:
     return decay
 
 
+def _zeros_like(x):
+    # jnp.zeros_like drops a Quantity's unit; keep it so the sum has the gradients' unit.
+    return u.math.zeros_like(x) if u.math.is_quantity(x) else jnp.zeros_like(x)
+
+
 class GradExpon(brainstate.nn.Module):
     r"""Accumulate gradients with an exponential (leaky) running sum.
 
@@ -63,7 +68,7 @@ class GradExpon(brainstate.nn.Module):
         self.normalized = bool(normalized)
         self._tree = jax.tree.structure(grad_shape, is_leaf=u.math.is_quantity)
         self.gradients = brainstate.LongTermState(
-            jax.tree.map(lambda x: jnp.zeros_like(x), grad_shape, is_leaf=u.math.is_quantity))
+            jax.tree.map(_zeros_like, grad_shape, is_leaf=u.math.is_quantity))
 
     def update(self, grads: Any):
         """Fold ``grads`` (same tree as ``grad_shape``) into the sum; returns the new sum."""
@@ -77,4 +82,4 @@ class GradExpon(brainstate.nn.Module):
 
     def reset(self):
         """Set the sum back to zero."""
-        self.gradients.value = jax.tree.map(jnp.zeros_like, self.gradients.value, is_leaf=u.math.is_quantity)
+        self.gradients.value = jax.tree.map(_zeros_like, self.gradients.value, is_leaf=u.math.is_quantity)

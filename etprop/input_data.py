@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+
+from etprop.errors import ArgumentError
 
 __all__ = ["SingleStepData", "MultiStepData", "is_input_data"]
 
@@ -16,11 +19,12 @@ class _InputData:
 
     def __init__(self, *data: Any):
         if not data:
-            raise ValueError(f"{type(self).__name__} needs at least one input")
+            raise ArgumentError(f"{type(self).__name__} needs at least one input")
         self.data = tuple(data)
 
     def __repr__(self):
-        shapes = jax.tree.map(lambda a: getattr(a, "shape", type(a).__name__), self.data)
+        shapes = jax.tree.map(lambda a: getattr(a, "shape", type(a).__name__), self.data,
+                              is_leaf=lambda a: hasattr(a, "shape"))
         return f"{type(self).__name__}{shapes}"
 
     def tree_flatten(self):
@@ -48,9 +52,13 @@ class MultiStepData(_InputData):
 
     @property
     def num_steps(self) -> int:
-        lengths = {leaf.shape[0] for leaf in jax.tree.leaves(self.data)}
+        leaves = jax.tree.leaves(self.data)
+        if not leaves or any(jnp.ndim(leaf) == 0 for leaf in leaves):
+            raise ArgumentError("MultiStepData needs array leaves with a leading time axis, got "
+                                f"shapes {[jnp.shape(leaf) for leaf in leaves]}")
+        lengths = {jnp.shape(leaf)[0] for leaf in leaves}
         if len(lengths) != 1:
-            raise ValueError(f"MultiStepData leaves disagree on the time axis length: {sorted(lengths)}")
+            raise ArgumentError(f"MultiStepData leaves disagree on the time axis length: {sorted(lengths)}")
         return lengths.pop()
 
 

@@ -1,0 +1,183 @@
+"""D-RTRL (per-parameter traces), ES-D-RTRL (factorised traces) and their hybrid.
+
+Per relation (one parameter, one hidden group of ``S`` states, per sample):
+
+D-RTRL, trace ``e[a]`` of the parameter's shape for each state ``a``::
+
+    hist[a] = sum_s D[a][s] * e[s]            (D broadcast to the parameter by out_to_param)
+    e'[a]   = hist[a] + pullback_y->param(Df[a])
+    grad   += sum_a delta[a] * hist[a]        (the instantaneous part is in the direct gradient)
+
+ES-D-RTRL, input trace ``ex`` (x's shape) and output trace ``ef[a]`` (y's shape)::
+
+    ex'    = alpha ex + (1 - alpha) x          (normalised average; bias-corrected by 1 - alpha^n)
+    ef'[a] = sum_s D[a][s] ef[s] + Df[a]      (the exact output-side recursion)
+    grad  += pullback(x := ex_hat)(sum_a delta[a] ef'[a]) - pullback(x)(sum_a delta[a] Df[a])
+
+The subtraction removes the instantaneous term that the direct gradient already holds,
+so the total is the factorised rule's ``ex_hat (x) sum_a delta ef'``. The length-S sums
+are written out term by term (see shared/design/pitfalls.md: XLA:CPU miscompiles the
+fused float32 reduce of the einsum form).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from etprop.algorithms.base import OnlineAlgorithm, StepSignals
+from etprop.errors import ArgumentError, NotSupportedError
+from etprop.graph.compiler import Relation
+
+__all__ = ["D_RTRL", "ParamDimVjpAlgorithm", "ES_D_RTRL", "IODimVjpAlgorithm", "pp_prop",
+           "HybridDimVjpAlgorithm"]
+
+
+def _sum(terms):
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+def _decay(decay_or_rank) -> float:
+    if isinstance(decay_or_rank, bool):
+        raise ArgumentError(f"decay_or_rank must be a float in [0, 1) or an int rank >= 1, got {decay_or_rank!r}")
+    if isinstance(decay_or_rank, int):
+        if decay_or_rank < 1:
+            raise ArgumentError(f"decay_or_rank as a rank must be >= 1, got {decay_or_rank}")
+        return (decay_or_rank - 1) / (decay_or_rank + 1)
+    if isinstance(decay_or_rank, float):
+        if not 0.0 <= decay_or_rank < 1.0:
+            raise ArgumentError(f"decay_or_rank as a decay must lie in [0, 1), got {decay_or_rank}")
+        return decay_or_rank
+    raise ArgumentError(f"decay_or_rank must be a float in [0, 1) or an int rank >= 1, got {decay_or_rank!r}")
+
+
+class _TraceRules(OnlineAlgorithm):
+    """Both trace kinds; subclasses pick one per relation."""
+
+    alpha = 0.0
+
+    def _param_shape(self, rel: Relation):
+        return tuple(self.graph.param_leaf_avals[rel.leaf].shape), self.graph.param_leaf_avals[rel.leaf].dtype
+
+    def init_relation_trace(self, rel: Relation, kind: str):
+        S = self.graph.groups[rel.group].num_states
+        if kind == "param":
+            shape, dtype = self._param_shape(rel)
+            return [jnp.zeros(shape, dtype) for _ in range(S)]
+        eqn = self.graph.closed.jaxpr.eqns[rel.eqn_index]
+        y = eqn.outvars[0].aval
+        if rel.n_x > 1:
+            raise NotSupportedError(f"{rel.leaf_name}: factorised traces need a single-array input x, "
+                                    f"{rel.call.primitive.name} has {rel.n_x}")
+        ex = [jnp.zeros(v.aval.shape, v.aval.dtype) for v in eqn.invars[:rel.n_x]]
+        return {"ex": ex, "ef": [jnp.zeros(y.shape, y.dtype) for _ in range(S)]}
+
+    def update_relation(self, rel: Relation, kind: str, trace, sig: StepSignals, delta, count):
+        D = sig.D[rel.group]
+        Df = sig.Df[rel.eqn_index][rel.group]
+        ops = sig.operands[rel.eqn_index]
+        S = len(Df)
+        if kind == "param":
+            ex = lambda v: self.expand(rel, ops, v)
+            hist = [_sum([ex(D[a][s]) * trace[s] for s in range(S)]) for a in range(S)]
+            new = [hist[a] + self.param_vjp(rel, ops, Df[a]) for a in range(S)]
+            grad = _sum([ex(delta[a]) * hist[a] for a in range(S)])
+            return new, grad
+        alpha = self.alpha
+        ef = [_sum([D[a][s] * trace["ef"][s] for s in range(S)]) + Df[a] for a in range(S)]
+        c = _sum([delta[a] * ef[a] for a in range(S)])
+        c0 = _sum([delta[a] * Df[a] for a in range(S)])
+        if rel.n_x == 0:
+            return {"ex": [], "ef": ef}, self.param_vjp(rel, ops, c - c0)
+        x = ops[0]
+        ex = alpha * trace["ex"][0] + (1.0 - alpha) * x.astype(trace["ex"][0].dtype)
+        # bias correction by trace step n = count + 1; alpha^n underflows to 0, never overflows
+        corr = 1.0 - jnp.power(jnp.asarray(alpha, ex.dtype), (count + 1).astype(ex.dtype)) if alpha > 0 else 1.0
+        ex_hat = ex / corr
+        grad = self.param_vjp(rel, ops, c, x_override=[ex_hat]) - self.param_vjp(rel, ops, c0)
+        return {"ex": [ex], "ef": ef}, grad
+
+
+class D_RTRL(_TraceRules):
+    """Diagonal RTRL in parameter dimension: one trace per parameter element and state.
+
+    Memory per sample ``O(|theta| * S)``. Equals BPTT when the model's hidden Jacobian
+    is block-diagonal per position (feed-forward spiking layers, element-wise
+    recurrence, leaky integrators); with dense recurrent weights it drops the
+    off-diagonal influence. Parameters whose elements drive several positions (conv
+    kernels, LoRA's ``B``) have no per-parameter trace and use the factorised trace;
+    the report says so.
+    """
+
+    name = "D-RTRL"
+
+    def relation_kind(self, rel: Relation) -> str:
+        return "param" if rel.diagonal else "io"
+
+    def describe_kind(self, rel, kind):
+        if kind == "io":
+            return "factorised trace (no per-parameter trace: each element drives several positions)"
+        return super().describe_kind(rel, kind)
+
+
+ParamDimVjpAlgorithm = D_RTRL
+
+
+class ES_D_RTRL(_TraceRules):
+    """Exponentially smoothed D-RTRL: trace factorised into input and output traces.
+
+    Args:
+      model: the brainstate model.
+      decay_or_rank: the input trace's decay ``alpha`` in ``[0, 1)``, or an int rank
+        ``r`` giving ``alpha = (r - 1) / (r + 1)``.
+
+    Memory per sample ``O(I + O * S)``. The input trace is a normalised, bias-corrected
+    average and the output trace follows the exact recursion, so there is no
+    steady-state magnitude bias.
+    """
+
+    name = "ES-D-RTRL"
+
+    def __init__(self, model, decay_or_rank: float | int = 0.9):
+        super().__init__(model)
+        self.alpha = _decay(decay_or_rank)
+
+    def relation_kind(self, rel: Relation) -> str:
+        return "io"
+
+    def describe_kind(self, rel, kind):
+        return f"factorised trace (ES-D-RTRL, alpha={self.alpha:g})"
+
+
+IODimVjpAlgorithm = ES_D_RTRL
+pp_prop = ES_D_RTRL
+
+
+class HybridDimVjpAlgorithm(_TraceRules):
+    """Per relation, the cheaper trace: per-parameter where it fits (element-wise and
+    small weights, always where ``S * |W| <= |x| + S * |y|``), factorised otherwise."""
+
+    name = "hybrid"
+
+    def __init__(self, model, decay_or_rank: float | int = 0.9):
+        super().__init__(model)
+        self.alpha = _decay(decay_or_rank)
+
+    def relation_kind(self, rel: Relation) -> str:
+        if not rel.diagonal:
+            return "io"
+        S = self.graph.groups[rel.group].num_states
+        eqn = self.graph.closed.jaxpr.eqns[rel.eqn_index]
+        w = int(np.prod(self.graph.param_leaf_avals[rel.leaf].shape))
+        x = sum(int(np.prod(v.aval.shape)) for v in eqn.invars[:rel.n_x])
+        y = int(np.prod(eqn.outvars[0].aval.shape))
+        return "param" if rel.n_x == 0 or S * w <= x + S * y else "io"
+
+    def describe_kind(self, rel, kind):
+        if kind == "param":
+            return "per-parameter trace (smaller than or equal to the factorised one, and exact on the diagonal)"
+        why = "no per-parameter trace exists" if not rel.diagonal else "factorised trace is smaller"
+        return f"factorised trace, alpha={self.alpha:g} ({why})"

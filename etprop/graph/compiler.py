@@ -1,0 +1,398 @@
+"""Compile a model's step into hidden groups and weight-to-hidden relations.
+
+The model is traced *per sample* (batching is added by `jax.vmap` in the
+algorithms), which makes every hidden state's positions its own shape.
+
+Vocabulary (see ``shared/design/algorithms.md``):
+
+* hidden group: hidden states of one shape that depend on each other within a
+  step (paths through ETP operator inputs cut); ``S`` states per position;
+* relation: one ETP operator's parameter leaf and one group that the operator's
+  output ``y`` drives through an operator-free tail, with ``y.shape`` equal to the
+  group's shape. Such a parameter is *traced*; every other parameter gets its exact
+  gradient through the current step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import brainunit as u
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from etprop.errors import CompilationError, NotSupportedError
+from etprop.graph import _jaxpr
+from etprop.graph.model_fn import ModelFunction
+from etprop.primitive import ETPCall
+
+__all__ = ["HiddenGroup", "Relation", "ETraceGraph", "compile_graph"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HiddenGroup:
+    """Hidden states ``members`` (indices into the model's hidden states) of one ``shape``."""
+
+    index: int
+    members: tuple[int, ...]
+    names: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: object
+
+    @property
+    def num_states(self) -> int:
+        return len(self.members)
+
+
+@dataclasses.dataclass(frozen=True)
+class Relation:
+    """ETP equation ``eqn_index``'s parameter ``param`` (flat leaf ``leaf``) drives ``group``."""
+
+    eqn_index: int
+    call: ETPCall
+    param: str
+    leaf: int
+    leaf_name: str
+    group: int
+    n_x: int
+    diagonal: bool  # the primitive declares out_to_param for this parameter
+
+
+@dataclasses.dataclass
+class ETraceGraph:
+    """The compiled description of one model step (per sample)."""
+
+    mf: ModelFunction
+    closed: object  # ClosedJaxpr of the flat per-sample step
+    in_tree: object
+    out_tree: object
+    n_param_leaves: int
+    n_hidden: int
+    n_out: int
+    param_leaf_names: tuple[str, ...]
+    param_leaf_avals: tuple
+    groups: tuple[HiddenGroup, ...]
+    hidden_group: tuple[int, ...]  # group index of each hidden state
+    relations: tuple[Relation, ...]
+    etp_eqns: dict  # eqn index -> ETPCall
+    etp_n_x: dict  # eqn index -> number of x operands
+    etp_out_avals: dict  # eqn index -> aval of its output
+    untraced: dict  # param leaf name -> reason it has no trace
+    notes: list
+    batched: bool
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def flat_args(self, params, hidden, others, args):
+        return jax.tree.leaves((params, hidden, others, args), is_leaf=lambda x: x is None) \
+            if False else jax.tree.flatten((params, hidden, others, args))[0]
+
+    def run(self, leaves, **hooks):
+        """Evaluate the flat step; returns ``(out leaves, hidden' leaves, others' leaves, recorded)``."""
+        outs, rec = _jaxpr.eval_hooked(self.closed, leaves, etp_n_x=self.etp_n_x, **hooks)
+        n_o, n_h = self.n_out, self.n_hidden
+        return outs[:n_o], outs[n_o:n_o + n_h], outs[n_o + n_h:], rec
+
+    def unflatten_out(self, out_leaves):
+        n = self.out_tree.num_leaves
+        dummy = [None] * n
+        dummy[:len(out_leaves)] = out_leaves
+        return jax.tree.unflatten(self.out_tree, dummy)[0]
+
+    @property
+    def traced_leaves(self) -> tuple[int, ...]:
+        return tuple(sorted({r.leaf for r in self.relations}))
+
+    # -- report -------------------------------------------------------------------------------
+
+    def report(self, algorithm_of=None, memory_of=None) -> str:
+        """Readable summary: groups, each parameter traced or not and why."""
+        lines = ["hidden groups:"]
+        for g in self.groups:
+            lines.append(f"  [{g.index}] {', '.join(g.names)}  shape={g.shape}  states per position S={g.num_states}")
+        lines.append("parameters:")
+        for leaf, name in enumerate(self.param_leaf_names):
+            rels = [r for r in self.relations if r.leaf == leaf]
+            shape = tuple(self.param_leaf_avals[leaf].shape)
+            if rels:
+                for r in rels:
+                    algo = algorithm_of(r) if algorithm_of else ""
+                    mem = memory_of(r) if memory_of else None
+                    mem_s = f"  trace {mem} bytes/sample" if mem is not None else ""
+                    lines.append(f"  {name} {shape}: traced via {r.call.primitive.name} -> group "
+                                 f"[{r.group}] {algo}{mem_s}")
+            else:
+                lines.append(f"  {name} {shape}: not traced ({self.untraced.get(name, 'no ETP relation')}); "
+                             f"exact gradient through the current step")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        return "\n".join(lines)
+
+
+def _aval_shape(x):
+    return tuple(np.shape(x))
+
+
+def compile_graph(model, *example_args, batch_size: int | None = None, probe_seed: int = 0) -> ETraceGraph:
+    """Compile ``model.update`` into an `ETraceGraph`.
+
+    Args:
+      model: a brainstate module whose ``update(*args)`` advances one step.
+      *example_args: inputs of one call (with a leading batch axis if ``batch_size``).
+      batch_size: if given, the model's short-term states and the inputs carry a
+        leading batch axis of this size; the graph is built for one sample.
+    """
+    batched = batch_size is not None
+    if batched:
+        for a in jax.tree.leaves(example_args):
+            if not np.shape(a) or np.shape(a)[0] != batch_size:
+                raise CompilationError(f"with batch_size={batch_size} every input needs a leading batch axis "
+                                       f"of that size; got an input of shape {np.shape(a)}")
+        sample_args = jax.tree.map(lambda a: a[0], example_args)
+    else:
+        sample_args = example_args
+    mf = ModelFunction.discover(model, sample_args if not batched else example_args, batched=batched)
+    params, hidden, others = mf.values()
+    if batched:
+        for st, v in zip(mf.hidden_states, hidden):
+            if np.shape(v)[:1] != (batch_size,):
+                raise CompilationError(f"hidden state '{mf.name(st)}' has shape {np.shape(v)} but batch_size="
+                                       f"{batch_size}; initialise states with that batch size "
+                                       f"(brainstate.nn.init_all_states(model, batch_size={batch_size}))")
+        hidden = tuple(v[0] for v in hidden)
+        others = tuple(v[0] if b else v for v, b in zip(others, mf.batched_other))
+    if not mf.hidden_states:
+        raise CompilationError(f"{type(model).__name__}.update writes no floating-point ShortTermState/"
+                               f"HiddenState: there is nothing to carry traces for")
+
+    operands = (params, hidden, others, sample_args)
+    leaves, in_tree = jax.tree.flatten(operands)
+    out_tree_box = {}
+
+    def flat_step(*lv):
+        p, h, o, a = jax.tree.unflatten(in_tree, lv)
+        out, h2, o2 = mf(p, h, o, a)
+        ol, out_tree_box["tree"] = jax.tree.flatten((out, h2, o2))
+        return ol
+
+    closed = jax.make_jaxpr(flat_step)(*leaves)
+    out_tree = out_tree_box["tree"]
+    jaxpr = closed.jaxpr
+
+    n_p = len(jax.tree.leaves(params))
+    n_h = len(jax.tree.leaves(hidden))
+    if n_h != len(mf.hidden_states):
+        raise NotSupportedError("every hidden state must hold a single array (or quantity)")
+    n_out = out_tree.num_leaves - n_h - len(jax.tree.leaves(jax.tree.unflatten(
+        out_tree, [0] * out_tree.num_leaves)[2]))
+
+    # names of parameter leaves: state name + key path inside the state's value
+    leaf_names = []
+    for st, v in zip(mf.param_states, params):
+        for path, _ in jax.tree_util.tree_flatten_with_path(v)[0]:
+            suffix = jax.tree_util.keystr(path)
+            leaf_names.append(mf.name(st) + suffix)
+    param_avals = tuple(jaxpr.invars[i].aval for i in range(n_p))
+
+    nested = _jaxpr.nested_etp_primitives(jaxpr)
+    if nested:
+        outer, prim = nested[0]
+        raise NotSupportedError(f"an ETP operator ({prim}) is called inside '{outer}' within update(); online "
+                                f"learning needs ETP operators at the top level of the step. Move the loop or "
+                                f"branch out of update() or use a plain JAX op for that weight")
+
+    etp = dict(_jaxpr.etp_equations(jaxpr))
+    if not etp:
+        raise CompilationError(f"{type(model).__name__}.update uses no ETP operator: no weight can learn "
+                               f"online. Replace `x @ w` by `etprop.matmul(x, w)` (or another etprop "
+                               f"operator) for the weights that should be trained by eligibility traces")
+    etp_n_x, etp_out_avals = {}, {}
+    for idx, call in etp.items():
+        x, _, _ = call.unflatten(list(range(call.in_tree.num_leaves)))
+        etp_n_x[idx] = len(jax.tree.leaves(x))
+        eqn = jaxpr.eqns[idx]
+        etp_out_avals[idx] = eqn.outvars[0].aval
+
+    # structural dependence with ETP inputs cut
+    h_in = jaxpr.invars[n_p:n_p + n_h]
+    sources = {v: {("h", k)} for k, v in enumerate(h_in)}
+    for idx in etp:
+        sources[idx] = {("y", idx)}
+    dep = _jaxpr.dependencies(jaxpr, sources, cut_x=etp_n_x)
+    h_out = jaxpr.outvars[n_out:n_out + n_h]
+
+    def deps_of(v):
+        if hasattr(v, "val") and not hasattr(v, "aval") or type(v).__name__ == "Literal":
+            return frozenset()
+        return dep.get(v, frozenset())
+
+    h_shapes = [tuple(v.aval.shape) for v in h_in]
+    parent = list(range(n_h))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    notes = []
+    for j, v in enumerate(h_out):
+        for kind, k in deps_of(v):
+            if kind != "h" or k == j:
+                continue
+            if h_shapes[k] == h_shapes[j]:
+                parent[find(k)] = find(j)
+            else:
+                notes.append(f"hidden '{mf.hidden_names[k]}' {h_shapes[k]} drives '{mf.hidden_names[j]}' "
+                             f"{h_shapes[j]} across groups; diagonal traces drop that path")
+    roots = sorted({find(i) for i in range(n_h)})
+    members = {r: tuple(i for i in range(n_h) if find(i) == r) for r in roots}
+    groups, hidden_group = [], [0] * n_h
+    for gi, r in enumerate(roots):
+        mem = members[r]
+        for i in mem:
+            hidden_group[i] = gi
+        groups.append(HiddenGroup(gi, mem, tuple(mf.hidden_names[i] for i in mem), h_shapes[mem[0]],
+                                  h_in[mem[0]].aval.dtype))
+
+    # relations: ETP output -> groups it drives
+    relations, untraced = [], {}
+    invar_index = {v: i for i, v in enumerate(jaxpr.invars)}
+    drives = {idx: set() for idx in etp}
+    for j, v in enumerate(h_out):
+        for kind, k in deps_of(v):
+            if kind == "y":
+                drives[k].add(hidden_group[j])
+    for idx in sorted(etp):
+        call = etp[idx]
+        eqn = jaxpr.eqns[idx]
+        _, p_ops, _ = call.unflatten(list(eqn.invars))
+        y_shape = tuple(etp_out_avals[idx].shape)
+        for pname in sorted(p_ops):
+            var = p_ops[pname]
+            leaf = invar_index.get(var)
+            if leaf is None or leaf >= n_p:
+                continue  # computed operand: reported below via leaves never traced
+            lname = leaf_names[leaf]
+            gs = sorted(drives[idx])
+            if not gs:
+                untraced.setdefault(lname, f"output of {call.primitive.name} reaches no hidden state without "
+                                           f"passing another ETP operator")
+                continue
+            for g in gs:
+                if groups[g].shape != y_shape:
+                    untraced.setdefault(lname, f"{call.primitive.name} output shape {y_shape} differs from hidden "
+                                               f"group [{g}] shape {groups[g].shape}")
+                    continue
+                diag = (pname in call.primitive.out_to_param and _declares_diag(call, pname, eqn))
+                relations.append(Relation(idx, call, pname, leaf, lname, g, etp_n_x[idx], diag))
+
+    graph = ETraceGraph(mf, closed, in_tree, out_tree, n_p, n_h, n_out, tuple(leaf_names), param_avals,
+                        tuple(groups), tuple(hidden_group), tuple(relations), etp, etp_n_x, etp_out_avals,
+                        untraced, notes, batched)
+    _check_diagonal(graph, leaves, probe_seed)
+    traced = {r.leaf for r in graph.relations}
+    for leaf, name in enumerate(leaf_names):
+        if leaf not in traced and name not in graph.untraced:
+            graph.untraced[name] = "not consumed by an ETP operator (plain JAX op)"
+    return graph
+
+
+def _declares_diag(call: ETPCall, pname: str, eqn) -> bool:
+    """Whether the rule gives a result for this call (rules may return None per config)."""
+    x, params, aux = call.unflatten([jnp.zeros(v.aval.shape, v.aval.dtype) if hasattr(v, "aval") else v.val
+                                     for v in eqn.invars])
+    y = jnp.zeros(eqn.outvars[0].aval.shape, eqn.outvars[0].aval.dtype)
+    p_m = {k: u.get_mantissa(v) for k, v in params.items()}
+    try:
+        return call.out_to_param(pname, y, p_m, aux) is not None
+    except Exception:
+        return False
+
+
+def _check_diagonal(graph: ETraceGraph, leaves, seed: int) -> None:
+    """Random-probe check that within-group Jacobians and y -> h tails preserve positions.
+
+    A position-mixing block would make the per-position JVPs return row sums, i.e.
+    wrong traces; such groups lose their relations (reported) instead.
+    """
+    n_p, n_h = graph.n_param_leaves, graph.n_hidden
+    key = jax.random.key(seed)
+    leaves = list(leaves)
+    # move hidden values off special points (zeros, resets) so the probe sees generic Jacobians
+    for i in range(n_h):
+        key, sub = jax.random.split(key)
+        h = leaves[n_p + i]
+        leaves[n_p + i] = h + 0.1 * jax.random.normal(sub, jnp.shape(h), jnp.result_type(h))
+    eqn_ids = sorted(graph.etp_eqns)
+    zeros_y = {i: jnp.zeros(graph.etp_out_avals[i].shape, graph.etp_out_avals[i].dtype) for i in eqn_ids}
+
+    def dyn(h, py):
+        lv = leaves[:n_p] + list(h) + leaves[n_p + n_h:]
+        return graph.run(lv, etp_pert=py, cut=True)[1]
+
+    h0 = leaves[n_p:n_p + n_h]
+    _, lin = jax.linearize(dyn, h0, zeros_y)
+    zero_h = [jnp.zeros_like(h) for h in h0]
+    zero_py = {i: jnp.zeros_like(z) for i, z in zero_y_items(zeros_y)}
+    bad_groups = set()
+    for g in graph.groups:
+        cols = []
+        for s in g.members:
+            t = list(zero_h)
+            t[s] = jnp.ones_like(h0[s])
+            cols.append(lin(t, zero_py))
+        key, sub = jax.random.split(key)
+        r = {s: jax.random.normal(jax.random.fold_in(sub, s), jnp.shape(h0[s]), jnp.result_type(h0[s]))
+             for s in g.members}
+        t = list(zero_h)
+        for s in g.members:
+            t[s] = r[s]
+        got = lin(t, zero_py)
+        for a in g.members:
+            want = sum(cols[si][a] * r[s] for si, s in enumerate(g.members))
+            if not _close(got[a], want):
+                bad_groups.add(g.index)
+    bad_rel = set()
+    for ri, rel in enumerate(graph.relations):
+        if rel.group in bad_groups:
+            continue
+        ones = dict(zero_py)
+        ones[rel.eqn_index] = jnp.ones_like(zeros_y[rel.eqn_index])
+        col = lin(zero_h, ones)
+        key, sub = jax.random.split(key)
+        rv = jax.random.normal(sub, zeros_y[rel.eqn_index].shape, zeros_y[rel.eqn_index].dtype)
+        pr = dict(zero_py)
+        pr[rel.eqn_index] = rv
+        got = lin(zero_h, pr)
+        for a in graph.groups[rel.group].members:
+            if not _close(got[a], col[a] * rv):
+                bad_rel.add(ri)
+    if not bad_groups and not bad_rel:
+        return
+    keep = []
+    for ri, rel in enumerate(graph.relations):
+        if rel.group in bad_groups:
+            why = (f"hidden group [{rel.group}] ({', '.join(graph.groups[rel.group].names)}) mixes positions "
+                   f"through plain (non-ETP) operations, so per-position traces would be wrong")
+        elif ri in bad_rel:
+            why = (f"the path from {rel.call.primitive.name}'s output to group [{rel.group}] mixes positions "
+                   f"(e.g. a normalisation or roll), so per-position traces would be wrong")
+        else:
+            keep.append(rel)
+            continue
+        graph.untraced.setdefault(rel.leaf_name, why)
+        warnings.warn(f"etprop: {rel.leaf_name} is not traced: {why}", stacklevel=3)
+    graph.relations = tuple(keep)
+
+
+def zero_y_items(zeros_y):
+    return zeros_y.items()
+
+
+def _close(a, b) -> bool:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = max(1.0, float(np.max(np.abs(b))) if b.size else 1.0)
+    return bool(np.all(np.abs(a - b) <= 1e-4 * scale))

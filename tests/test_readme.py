@@ -1,0 +1,32 @@
+"""Every ```python block of README.md runs as written."""
+
+import pathlib
+import re
+
+import pytest
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+_FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+
+
+def python_blocks(text):
+    """Bodies of the ```python fenced blocks in ``text``, in order."""
+    return _FENCE.findall(text)
+
+
+BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+
+
+def test_extractor_finds_python_blocks_only():
+    text = "intro\n```python\na = 1\n```\n```bash\nexit 1\n```\n```python\nb = 2\nc = 3\n```\n"
+    assert python_blocks(text) == ["a = 1\n", "b = 2\nc = 3\n"]
+
+
+def test_readme_has_python_examples():
+    assert len(BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)), ids=lambda i: f"block{i}")
+def test_readme_block_runs(index):
+    code = compile(BLOCKS[index], f"README.md[python block {index}]", "exec")
+    exec(code, {"__name__": f"readme_block_{index}"})
