@@ -3,15 +3,17 @@ and returns gradients; batching by `jax.vmap`; sequence drivers on top.
 
 Per step and sample (shapes per sample; ``P`` positions and ``S`` states of a group):
 
-1. one reverse pass of the step's loss gives the learning signal ``delta = dL/dh``
-   (perturbations added where each hidden state is produced) and the exact
-   gradient of every parameter through the current step (previous hidden states
-   held fixed) -- so no parameter ever gets a silent zero;
+1. one reverse pass of the step's loss ``L^t`` gives the learning signal
+   ``delta = dL^t/dh^{t-1}`` (all paths, including those that bypass ``h^t``, such as
+   a spike read out in the step that emits it) and the exact gradient of every
+   parameter through the current step with ``h^{t-1}`` held fixed -- so no
+   parameter ever gets a silent zero;
 2. one linearisation of the step with ETP inputs cut gives, by JVPs, the
    per-position blocks ``D`` (``S x S`` per position) and the ``y -> h``
    sensitivities ``Df`` of every relation;
-3. each relation's trace adds its *history* term (what the previous steps
-   contribute through the trace) to the gradient of its parameter and advances.
+3. each relation adds its *history* term ``delta . e^{t-1}`` (what earlier steps
+   contribute, through the trace of ``dh^{t-1}/dtheta``) to its parameter's
+   gradient, then its trace advances to ``e^t = D e^{t-1} + (y -> h) pullback of Df``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class StepSignals:
 
     D: dict  # group -> [[D_as for s] for a], each of the group's shape
     Df: dict  # eqn index -> {group -> [Df_a]}
-    delta: list  # per hidden state, dL/dh
+    delta: list  # per hidden state, dL^t/dh^{t-1}
     operands: dict  # eqn index -> operand values (mantissas)
 
 
@@ -166,23 +168,22 @@ class OnlineAlgorithm(brainstate.nn.Module):
     def sample_step(self, params, hidden, others, traces, args, target, loss_fn):
         """One step for one sample. Returns ``(out, hidden', others', traces', grad leaves, loss)``."""
         g = self.graph
-        p_leaves, p_tree = jax.tree.flatten(params)
+        p_leaves = jax.tree.leaves(self._param_tuple(params))
         rest, rest_tree = jax.tree.flatten((hidden, others, args))
         n_p, n_h, n_out = g.n_param_leaves, g.n_hidden, g.n_out
         h_leaves = rest[:n_h]
         tail = rest[n_h:]
         etp_ids = sorted(g.etp_eqns)
 
-        def fwd(pert_h, pl):
-            outs, hn, on, rec = g.run(list(pl) + list(h_leaves) + tail,
-                                      out_pert={n_out + j: pert_h[j] for j in range(n_h)}, record=etp_ids)
+        def fwd(hp, pl):
+            outs, hn, on, rec = g.run(list(pl) + list(hp) + tail, record=etp_ids)
             out = g.unflatten_out(outs)
             loss = loss_fn(out, target) if loss_fn is not None else jnp.zeros(())
             return jnp.asarray(_mantissa(loss), jnp.result_type(float)), (out, hn, on, rec)
 
-        zero_h = [jnp.zeros_like(h) for h in h_leaves]
+        # delta = dL^t/dh^{t-1} over all paths; g_direct = dL^t/dtheta with h^{t-1} fixed
         (loss, (out, hn, on, rec)), (delta, g_direct) = jax.value_and_grad(
-            fwd, argnums=(0, 1), has_aux=True)(zero_h, p_leaves)
+            fwd, argnums=(0, 1), has_aux=True)(list(h_leaves), p_leaves)
 
         sig = self._signals(p_leaves, h_leaves, tail, rec, delta)
         grads = list(g_direct)
@@ -262,9 +263,14 @@ class OnlineAlgorithm(brainstate.nn.Module):
         for s in mf.param_states:
             s.value = values[mf.name(s)]
 
+    def _param_tuple(self, params: dict) -> tuple:
+        """Parameter values in the compiled order (the graph's flat-operand order)."""
+        return tuple(params[n] for n in self.graph.mf.param_names)
+
     def _grads_to_dict(self, grad_leaves, params):
-        tree = jax.tree.structure(params)
-        return jax.tree.unflatten(tree, list(grad_leaves))
+        values = self._param_tuple(params)
+        tup = jax.tree.unflatten(jax.tree.structure(values), list(grad_leaves))
+        return dict(zip(self.graph.mf.param_names, tup))
 
     def step(self, inputs, target=None, loss_fn: Callable | None = None):
         """Advance one step with traces; returns ``(out, grads, loss)``.
@@ -324,7 +330,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         fn = self._jit_cache.get(key)
         if fn is None:
             def run(params, hidden, others, traces, args, ys, mask):
-                zero = [jnp.zeros_like(l) for l in jax.tree.leaves(params)]
+                zero = [jnp.zeros_like(l) for l in jax.tree.leaves(self._param_tuple(params))]
 
                 def body(carry, inp):
                     h, o, tr, acc = carry

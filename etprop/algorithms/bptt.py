@@ -45,7 +45,7 @@ class BPTT(OnlineAlgorithm):
     def forward_step(self, params, hidden, others, args):
         """The plain model step for one sample (used for the forward-only floor too)."""
         g = self.graph
-        leaves = jax.tree.leaves((params, hidden, others, args))
+        leaves = jax.tree.leaves((self._param_tuple(params), hidden, others, args))
         outs, hn, on, _ = g.run(leaves)
         h2, o2 = jax.tree.unflatten(jax.tree.structure((hidden, others)), list(hn) + list(on))
         return g.unflatten_out(outs), h2, o2
@@ -81,7 +81,7 @@ class BPTT(OnlineAlgorithm):
                 return jnp.sum(losses), (losses, h, o)
 
             grads, (losses, h, o) = jax.grad(total, has_aux=True)(params)
-            return jax.tree.leaves(grads), losses, h, o, traces
+            return jax.tree.leaves(self._param_tuple(grads)), losses, h, o, traces
 
         fn = self._jit_cache[step_loss] = jax.jit(run)
         return fn

@@ -1,23 +1,25 @@
 """D-RTRL (per-parameter traces), ES-D-RTRL (factorised traces) and their hybrid.
 
-Per relation (one parameter, one hidden group of ``S`` states, per sample):
+Per relation (one parameter, one hidden group of ``S`` states, per sample), with
+``delta[a] = dL^t/dh_a^{t-1}`` and the direct gradient through step ``t`` held by the
+base class:
 
-D-RTRL, trace ``e[a]`` of the parameter's shape for each state ``a``::
+D-RTRL, trace ``e[a] ~ dh_a/dtheta`` of the parameter's shape for each state ``a``::
 
-    hist[a] = sum_s D[a][s] * e[s]            (D broadcast to the parameter by out_to_param)
-    e'[a]   = hist[a] + pullback_y->param(Df[a])
-    grad   += sum_a delta[a] * hist[a]        (the instantaneous part is in the direct gradient)
+    grad  += sum_a delta[a] * e[a]                   (delta broadcast by out_to_param)
+    e'[a]  = sum_s D[a][s] * e[s] + pullback_y->param(Df[a])
 
-ES-D-RTRL, input trace ``ex`` (x's shape) and output trace ``ef[a]`` (y's shape)::
+ES-D-RTRL, ``e ~ ex_hat (x) ef``: input trace ``ex`` (x's shape), output traces ``ef[a]``::
 
-    ex'    = alpha ex + (1 - alpha) x          (normalised average; bias-corrected by 1 - alpha^n)
-    ef'[a] = sum_s D[a][s] ef[s] + Df[a]      (the exact output-side recursion)
-    grad  += pullback(x := ex_hat)(sum_a delta[a] ef'[a]) - pullback(x)(sum_a delta[a] Df[a])
+    grad  += pullback(x := ex_hat)(sum_a delta[a] * ef[a])
+    ex'    = alpha ex + (1 - alpha) x                (normalised average)
+    ef'[a] = sum_s D[a][s] ef[s] + Df[a]             (the exact output-side recursion)
 
-The subtraction removes the instantaneous term that the direct gradient already holds,
-so the total is the factorised rule's ``ex_hat (x) sum_a delta ef'``. The length-S sums
-are written out term by term (see shared/design/pitfalls.md: XLA:CPU miscompiles the
-fused float32 reduce of the einsum form).
+``ex_hat = ex / (1 - alpha^n)`` corrects the zero start by the trace step ``n``. With a
+shared leak ``d`` and ``alpha = d`` the product is the exact trace; in steady state it
+has no magnitude bias. The length-S sums are written out term by term (see
+shared/design/pitfalls.md: XLA:CPU miscompiles the fused float32 reduce of the
+einsum form).
 """
 
 from __future__ import annotations
@@ -82,22 +84,21 @@ class _TraceRules(OnlineAlgorithm):
         S = len(Df)
         if kind == "param":
             ex = lambda v: self.expand(rel, ops, v)
-            hist = [_sum([ex(D[a][s]) * trace[s] for s in range(S)]) for a in range(S)]
-            new = [hist[a] + self.param_vjp(rel, ops, Df[a]) for a in range(S)]
-            grad = _sum([ex(delta[a]) * hist[a] for a in range(S)])
+            grad = _sum([ex(delta[a]) * trace[a] for a in range(S)])
+            new = [_sum([ex(D[a][s]) * trace[s] for s in range(S)]) + self.param_vjp(rel, ops, Df[a])
+                   for a in range(S)]
             return new, grad
         alpha = self.alpha
+        c = _sum([delta[a] * trace["ef"][a] for a in range(S)])
         ef = [_sum([D[a][s] * trace["ef"][s] for s in range(S)]) + Df[a] for a in range(S)]
-        c = _sum([delta[a] * ef[a] for a in range(S)])
-        c0 = _sum([delta[a] * Df[a] for a in range(S)])
         if rel.n_x == 0:
-            return {"ex": [], "ef": ef}, self.param_vjp(rel, ops, c - c0)
-        x = ops[0]
-        ex = alpha * trace["ex"][0] + (1.0 - alpha) * x.astype(trace["ex"][0].dtype)
-        # bias correction by trace step n = count + 1; alpha^n underflows to 0, never overflows
-        corr = 1.0 - jnp.power(jnp.asarray(alpha, ex.dtype), (count + 1).astype(ex.dtype)) if alpha > 0 else 1.0
-        ex_hat = ex / corr
-        grad = self.param_vjp(rel, ops, c, x_override=[ex_hat]) - self.param_vjp(rel, ops, c0)
+            return {"ex": [], "ef": ef}, self.param_vjp(rel, ops, c)
+        ex_old = trace["ex"][0]
+        # bias correction by trace step; alpha^n underflows to 0 and never overflows
+        corr = 1.0 - jnp.power(jnp.asarray(alpha, ex_old.dtype), count.astype(ex_old.dtype))
+        ex_hat = jnp.where(count > 0, ex_old / jnp.where(count > 0, corr, 1.0), 0.0)
+        grad = self.param_vjp(rel, ops, c, x_override=[ex_hat])
+        ex = alpha * ex_old + (1.0 - alpha) * ops[0].astype(ex_old.dtype)
         return {"ex": [ex], "ef": ef}, grad
 
 
