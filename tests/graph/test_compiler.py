@@ -1,0 +1,139 @@
+"""Compiler: what it finds, and the errors it raises on models it cannot handle."""
+
+import brainstate as bs
+import jax
+import jax.numpy as jnp
+import pytest
+
+import etprop
+from tests.algorithms.models import ALIF, ElementwiseRNN, LIFExpSyn
+
+
+class NoETP(bs.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = bs.ParamState(jnp.ones((3, 4)))
+        self.h = bs.HiddenState(jnp.zeros(4))
+
+    def update(self, x):
+        self.h.value = jnp.tanh(x @ self.w.value + self.h.value)
+        return self.h.value
+
+
+class WritesParam(bs.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = bs.ParamState(jnp.ones((3, 4)))
+        self.h = bs.HiddenState(jnp.zeros(4))
+
+    def update(self, x):
+        self.h.value = etprop.matmul(x, self.w.value)
+        self.w.value = self.w.value * 0.99
+        return self.h.value
+
+
+class ETPInScan(bs.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = bs.ParamState(jnp.ones((4, 4)))
+        self.h = bs.HiddenState(jnp.zeros(4))
+
+    def update(self, x):
+        w = self.w.value
+        h, _ = jax.lax.scan(lambda c, _: (jnp.tanh(etprop.matmul(c, w)), None), self.h.value + x, None, length=2)
+        self.h.value = h
+        return h
+
+
+class MixesPositions(bs.nn.Module):
+    """h' = roll(h) + x W: the within-group Jacobian is a permutation, not diagonal."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = bs.ParamState(jnp.ones((3, 4)) * 0.1)
+        self.h = bs.HiddenState(jnp.zeros(4))
+
+    def update(self, x):
+        self.h.value = 0.5 * jnp.roll(self.h.value, 1) + etprop.matmul(x, self.w.value)
+        return self.h.value
+
+
+class NoHidden(bs.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = bs.ParamState(jnp.ones((3, 4)))
+
+    def update(self, x):
+        return etprop.matmul(x, self.w.value)
+
+
+def test_no_etp_operator_raises_compilation_error():
+    with pytest.raises(etprop.CompilationError, match=r"NoETP.*etprop.matmul"):
+        etprop.compile(NoETP(), etprop.D_RTRL, jnp.ones(3))
+
+
+def test_param_written_in_update_raises():
+    with pytest.raises(etprop.NotSupportedError, match=r"ParamState 'w' is written"):
+        etprop.compile(WritesParam(), etprop.D_RTRL, jnp.ones(3))
+
+
+def test_etp_inside_control_flow_raises():
+    with pytest.raises(etprop.NotSupportedError, match=r"matmul.*inside 'scan'"):
+        etprop.compile(ETPInScan(), etprop.D_RTRL, jnp.ones(4))
+
+
+def test_model_without_hidden_state_raises():
+    with pytest.raises(etprop.CompilationError, match="nothing to carry traces"):
+        etprop.compile(NoHidden(), etprop.D_RTRL, jnp.ones(3))
+
+
+def test_position_mixing_group_is_reported_not_silently_wrong():
+    with pytest.warns(UserWarning, match="mixes positions"):
+        learner = etprop.compile(MixesPositions(), etprop.D_RTRL, jnp.ones(3))
+    assert learner.graph.relations == ()
+    assert "mixes positions" in learner.graph.untraced["w"]
+    assert "mixes positions" in learner.report()
+
+
+def test_batch_size_mismatch_is_a_clear_error():
+    m = ElementwiseRNN(3, 4, 2)
+    with pytest.raises(etprop.CompilationError, match=r"hidden state 'h' has shape \(4,\) but batch_size=2"):
+        etprop.compile(m, etprop.D_RTRL, jnp.ones((2, 3)), batch_size=2)
+    with pytest.raises(etprop.CompilationError, match="leading batch axis"):
+        etprop.compile(m, etprop.D_RTRL, jnp.ones((3,)), batch_size=2)
+
+
+def test_algorithm_must_be_a_class():
+    with pytest.raises(etprop.ArgumentError, match="algorithm class"):
+        etprop.compile(ElementwiseRNN(3, 4, 2), "d_rtrl", jnp.ones(3))
+
+
+def test_learner_needs_compile_first():
+    algo = etprop.D_RTRL(ElementwiseRNN(3, 4, 2))
+    with pytest.raises(etprop.ArgumentError, match="compile_graph"):
+        algo.step(jnp.ones(3))
+
+
+def test_groups_are_deterministic_and_named():
+    a = etprop.compile(LIFExpSyn(4, 5, 2), etprop.D_RTRL, jnp.ones(4)).graph
+    b = etprop.compile(LIFExpSyn(4, 5, 2), etprop.D_RTRL, jnp.ones(4)).graph
+    assert [g.names for g in a.groups] == [g.names for g in b.groups] == [("g", "v")]
+    assert [(r.leaf_name, r.group) for r in a.relations] == [(r.leaf_name, r.group) for r in b.relations]
+    assert {r.leaf_name for r in a.relations} == {"w['bias']", "w['weight']"}
+
+
+def test_hybrid_chooses_per_relation():
+    learner = etprop.compile(ALIF(200, 8, 2), etprop.HybridDimVjpAlgorithm, jnp.ones(200))
+    kinds = {r.leaf_name: learner._kinds[i] for i, r in enumerate(learner.graph.relations)}
+    # element-wise threshold gain: per-parameter; 200x8 input weight: factorised is smaller
+    assert kinds == {"beta": "param", "w": "io"}
+    rep = learner.report()
+    assert "factorised trace is smaller" in rep and "per-parameter trace" in rep
+
+
+def test_es_decay_validation():
+    with pytest.raises(etprop.ArgumentError):
+        etprop.ES_D_RTRL(ElementwiseRNN(3, 4, 2), decay_or_rank=1.0)
+    with pytest.raises(etprop.ArgumentError):
+        etprop.ES_D_RTRL(ElementwiseRNN(3, 4, 2), decay_or_rank=0)
+    assert etprop.ES_D_RTRL(ElementwiseRNN(3, 4, 2), decay_or_rank=3).alpha == 0.5
