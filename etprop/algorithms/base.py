@@ -76,6 +76,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self.batch_size = batch_size
         self._kinds = {i: self.relation_kind(r) for i, r in enumerate(self.graph.relations)}
         self.etrace = EligibilityTrace(self._batch(self._init_sample_traces()))
+        self._hidden0 = self.graph.mf.values()[1]  # what reset() returns the hidden states to
         self._jit_cache = {}
         return self
 
@@ -103,10 +104,10 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self.etrace.value = self._batch(self._init_sample_traces())
 
     def reset(self, *, hidden: bool = True):
-        """Zero the traces and (by default) reset the model's states with brainstate."""
+        """Zero the traces and (by default) return hidden states to their values at compile time."""
         self.reset_traces()
         if hidden:
-            brainstate.nn.reset_all_states(self.model, batch_size=self.batch_size)
+            self.graph.mf.write(hidden=self._hidden0)
 
     # -- trace rules (per relation) -----------------------------------------------------------
 

@@ -180,3 +180,16 @@ def test_es_d_rtrl_cosine_floor(x64, name):
     g_es, _, _ = _grads(make, etprop.ES_D_RTRL, xs, ys, 4, decay_or_rank=0.9)
     g_bptt, _, _ = _grads(make, etprop.BPTT, xs, ys, 4)
     assert _cos(g_es, g_bptt) >= ES_FLOORS[name]
+
+
+def test_reset_returns_hidden_and_traces_to_start(x64):
+    make, n_in, n_out = MODELS["alif"]
+    xs, ys = _data(n_in, n_out, T=5, B=None, scale=1.5)
+    learner = etprop.compile(make(), etprop.D_RTRL, xs[0])
+    g1, l1 = learner.etrace_grad(xs, ys, mse)
+    assert float(jnp.max(jnp.abs(learner.model.v.value))) > 0
+    learner.reset()
+    assert float(jnp.max(jnp.abs(learner.model.v.value))) == 0
+    assert all(float(jnp.max(jnp.abs(t))) == 0 for t in jax.tree.leaves(learner.etrace.value))
+    g2, l2 = learner.etrace_grad(xs, ys, mse)
+    assert float(l1) == float(l2) and _rel_err(g1, g2) == 0
