@@ -1,26 +1,30 @@
-"""The online learner: one per-sample step that advances hidden states and traces
-and returns gradients; batching by `jax.vmap`; sequence drivers on top.
+"""The online learner: a window of ``K >= 1`` steps as one custom-VJP function.
 
-Per step and sample (shapes per sample; ``P`` positions and ``S`` states of a group):
+Forward (per sample; batching by `jax.vmap`): run the ``K`` steps, and at each step
+linearise the step with ETP inputs cut to get the per-position blocks ``D``
+(``S x S`` per position of a group) and the ``y -> h`` sensitivities ``Df``, and
+advance every relation's trace.
 
-1. one reverse pass of the step's loss ``L^t`` gives the learning signal
-   ``delta = dL^t/dh^{t-1}`` (all paths, including those that bypass ``h^t``, such as
-   a spike read out in the step that emits it) and the exact gradient of every
-   parameter through the current step with ``h^{t-1}`` held fixed -- so no
-   parameter ever gets a silent zero;
-2. one linearisation of the step with ETP inputs cut gives, by JVPs, the
-   per-position blocks ``D`` (``S x S`` per position) and the ``y -> h``
-   sensitivities ``Df`` of every relation;
-3. each relation adds its *history* term ``delta . e^{t-1}`` (what earlier steps
-   contribute, through the trace of ``dh^{t-1}/dtheta``) to its parameter's
-   gradient, then its trace advances to ``e^t = D e^{t-1} + (y -> h) pullback of Df``.
+Backward, given the cotangent of the window's outputs:
+
+* exact reverse mode through the window with the window's initial hidden state
+  held fixed: the gradient of every parameter inside the window -- so no
+  parameter is ever left at zero -- and the learning signal
+  ``delta = dL/dh^{t0}`` over all paths (also those that bypass later hidden
+  states, such as a spike read out in the step that emits it);
+* for each relation, the history term ``delta . e^{t0}``: what steps before the
+  window contribute through the trace of ``dh^{t0}/dtheta``.
+
+With ``K = 1`` this is the per-step online gradient. No cotangent flows into the
+window's initial hidden state, so consecutive calls never backpropagate through
+time: the traces carry that credit. The same function serves ``learner(x)`` under
+`brainstate.transform.grad` and the sequence driver `etrace_grad`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import brainstate
 import brainunit as u
@@ -28,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.errors import ArgumentError, NotSupportedError
+from etprop.errors import ArgumentError, NotSupportedError, OperandError
 from etprop.graph._jaxpr import bind_eqn
 from etprop.graph.compiler import ETraceGraph, Relation, compile_graph
 from etprop.input_data import MultiStepData, SingleStepData
@@ -39,16 +43,22 @@ __all__ = ["OnlineAlgorithm", "StepSignals"]
 
 @dataclasses.dataclass
 class StepSignals:
-    """What one step exposes to the trace rules (per sample)."""
+    """Per-step, per-sample quantities the trace rules consume."""
 
     D: dict  # group -> [[D_as for s] for a], each of the group's shape
     Df: dict  # eqn index -> {group -> [Df_a]}
-    delta: list  # per hidden state, dL^t/dh^{t-1}
     operands: dict  # eqn index -> operand values (mantissas)
 
 
 def _mantissa(x):
     return u.get_mantissa(x)
+
+
+def _zero_cotangent(x):
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(x.shape, jax.dtypes.float0)
 
 
 class OnlineAlgorithm(brainstate.nn.Module):
@@ -70,14 +80,17 @@ class OnlineAlgorithm(brainstate.nn.Module):
     # -- compilation ---------------------------------------------------------------------------
 
     def compile_graph(self, *example_inputs, batch_size: int | None = None):
-        """Trace the model on ``example_inputs`` and allocate traces. Returns self."""
+        """Trace the model on one step's ``example_inputs`` and allocate traces. Returns self."""
         example_inputs = _unwrap_single(example_inputs)
         self.graph = compile_graph(self.model, *example_inputs, batch_size=batch_size)
         self.batch_size = batch_size
+        self._arg_shapes = [tuple(np.shape(a)) for a in jax.tree.leaves(example_inputs)]
+        self._arg_tree = jax.tree.structure(example_inputs)
         self._kinds = {i: self.relation_kind(r) for i, r in enumerate(self.graph.relations)}
         self.etrace = EligibilityTrace(self._batch(self._init_sample_traces()))
         self._hidden0 = self.graph.mf.values()[1]  # what reset() returns the hidden states to
         self._jit_cache = {}
+        self._window_fn = self._make_window()
         return self
 
     def _require_graph(self):
@@ -109,13 +122,17 @@ class OnlineAlgorithm(brainstate.nn.Module):
         if hidden:
             self.graph.mf.write(hidden=self._hidden0)
 
-    # -- trace rules (per relation) -----------------------------------------------------------
+    # -- trace rules (per relation), implemented by subclasses -------------------------------
 
     def init_relation_trace(self, rel: Relation, kind: str):
         raise NotImplementedError
 
-    def update_relation(self, rel: Relation, kind: str, trace, sig: StepSignals, group_delta, count):
-        """Returns ``(new trace, history gradient for rel.leaf)``."""
+    def advance_relation(self, rel: Relation, kind: str, trace, sig: StepSignals, count):
+        """The relation's trace after one more step."""
+        raise NotImplementedError
+
+    def relation_history(self, rel: Relation, kind: str, trace, delta, operands, count):
+        """``delta . e``: the gradient of ``rel.leaf`` through the trace, per sample."""
         raise NotImplementedError
 
     def trace_bytes(self, rel: Relation) -> int:
@@ -139,7 +156,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
     def describe_kind(self, rel, kind) -> str:
         return {"param": "per-parameter trace (D-RTRL)", "io": "factorised trace (ES-D-RTRL)"}[kind]
 
-    # -- one step ------------------------------------------------------------------------------
+    # -- helpers for the rules -----------------------------------------------------------------
 
     def _operand_pos(self, rel: Relation) -> int:
         n = rel.call.in_tree.num_leaves
@@ -163,93 +180,147 @@ class OnlineAlgorithm(brainstate.nn.Module):
         return pull(cotangent.astype(eqn.outvars[0].aval.dtype))[0]
 
     def expand(self, rel: Relation, operands, v):
+        """Broadcast a per-position array of the relation's group to its parameter's shape."""
         x, params, aux = rel.call.unflatten(list(operands))
         return rel.call.out_to_param(rel.param, v, {k: _mantissa(p) for k, p in params.items()}, aux)
 
-    def sample_step(self, params, hidden, others, traces, args, target, loss_fn):
-        """One step for one sample. Returns ``(out, hidden', others', traces', grad leaves, loss)``."""
+    # -- per-sample pieces ---------------------------------------------------------------------
+
+    def _signals(self, p_leaves, h_leaves, tail, rec) -> StepSignals:
+        """``D`` and ``Df`` by JVPs of the step linearised with ETP inputs cut."""
         g = self.graph
-        p_leaves = jax.tree.leaves(self._param_tuple(params))
-        rest, rest_tree = jax.tree.flatten((hidden, others, args))
-        n_p, n_h, n_out = g.n_param_leaves, g.n_hidden, g.n_out
-        h_leaves = rest[:n_h]
-        tail = rest[n_h:]
-        etp_ids = sorted(g.etp_eqns)
-
-        def fwd(hp, pl):
-            outs, hn, on, rec = g.run(list(pl) + list(hp) + tail, record=etp_ids)
-            out = g.unflatten_out(outs)
-            loss = loss_fn(out, target) if loss_fn is not None else jnp.zeros(())
-            return jnp.asarray(_mantissa(loss), jnp.result_type(float)), (out, hn, on, rec)
-
-        # delta = dL^t/dh^{t-1} over all paths; g_direct = dL^t/dtheta with h^{t-1} fixed
-        (loss, (out, hn, on, rec)), (delta, g_direct) = jax.value_and_grad(
-            fwd, argnums=(0, 1), has_aux=True)(list(h_leaves), p_leaves)
-
-        sig = self._signals(p_leaves, h_leaves, tail, rec, delta)
-        grads = list(g_direct)
-        new_rel = []
-        count = traces["count"]
-        for i, rel in enumerate(g.relations):
-            kind = self._kinds[i]
-            members = g.groups[rel.group].members
-            gd = [delta[m] for m in members]
-            tr, gh = self.update_relation(rel, kind, traces["rel"][i], sig, gd, count)
-            new_rel.append(tr)
-            grads[rel.leaf] = grads[rel.leaf] + gh.astype(grads[rel.leaf].dtype)
-        new_traces = {"rel": new_rel, "count": jnp.minimum(count + 1, 1e30)}
-        new_hidden, new_others = jax.tree.unflatten(
-            jax.tree.structure((hidden, others)), list(hn) + list(on))
-        return out, new_hidden, new_others, new_traces, grads, loss
-
-    def _signals(self, p_leaves, h_leaves, tail, rec, delta) -> StepSignals:
-        g = self.graph
-        n_h = g.n_hidden
         zeros_y = {i: jnp.zeros(a.shape, a.dtype) for i, a in g.etp_out_avals.items()}
 
         def dyn(h, py):
-            return g.run(list(p_leaves) + list(h) + tail, etp_pert=py, cut=True)[1]
+            return g.run(list(p_leaves) + list(h) + list(tail), etp_pert=py, cut=True)[1]
 
         _, lin = jax.linearize(dyn, list(h_leaves), zeros_y)
         zero_h = [jnp.zeros_like(h) for h in h_leaves]
-        zero_py = {i: jnp.zeros_like(z) for i, z in zeros_y.items()}
         D = {}
-        need_groups = {r.group for r in g.relations}
         for grp in g.groups:
-            if grp.index not in need_groups:
+            if not any(r.group == grp.index for r in g.relations):
                 continue
             cols = []
             for s in grp.members:
                 t = list(zero_h)
                 t[s] = jnp.ones_like(h_leaves[s])
-                out = lin(t, zero_py)
+                out = lin(t, zeros_y)
                 cols.append([out[a] for a in grp.members])
-            D[grp.index] = [[cols[si][ai] for si in range(len(grp.members))] for ai in range(len(grp.members))]
+            n = len(grp.members)
+            D[grp.index] = [[cols[si][ai] for si in range(n)] for ai in range(n)]
         Df = {}
         for eqn_idx in sorted({r.eqn_index for r in g.relations}):
-            py = dict(zero_py)
+            py = dict(zeros_y)
             py[eqn_idx] = jnp.ones_like(zeros_y[eqn_idx])
             out = lin(zero_h, py)
             Df[eqn_idx] = {grp: [out[a] for a in g.groups[grp].members]
                            for grp in {r.group for r in g.relations if r.eqn_index == eqn_idx}}
-        return StepSignals(D, Df, list(delta), rec)
+        return StepSignals(D, Df, rec)
 
-    # -- batched step --------------------------------------------------------------------------
-
-    def _axes(self):
+    def _sample_window_fwd(self, p_leaves, h_leaves, o_leaves, traces, args_seq):
+        """Forward over a window for one sample: outputs, final states, advanced traces,
+        and the first step's ETP operands (for the history term)."""
         g = self.graph
-        others_axes = tuple(0 if b else None for b in g.mf.batched_other)
-        return others_axes
+        etp_ids = sorted(g.etp_eqns)
+        rel_eqns = sorted({r.eqn_index for r in g.relations})
 
-    def batched_step(self, params, hidden, others, traces, args, target, loss_fn):
-        """`sample_step` over the batch (vmap) when ``batch_size`` is set; grads and loss averaged."""
-        if self.batch_size is None:
-            return self.sample_step(params, hidden, others, traces, args, target, loss_fn)
-        oax = self._axes()
-        f = jax.vmap(lambda h, o, t, a, y: self.sample_step(params, h, o, t, a, y, loss_fn),
-                     in_axes=(0, oax, 0, 0, 0), out_axes=(0, 0, oax, 0, 0, 0))
-        out, hn, on, tr, grads, loss = f(hidden, others, traces, args, target)
-        return out, hn, on, tr, [jnp.mean(gl, axis=0) for gl in grads], jnp.mean(loss)
+        def body(carry, a_leaves):
+            h, o, tr = carry
+            tail = list(o) + list(a_leaves)
+            outs, hn, on, rec = g.run(list(p_leaves) + list(h) + tail, record=etp_ids)
+            sig = self._signals(p_leaves, h, tail, rec)
+            count = tr["count"]
+            new_rel = [self.advance_relation(r, self._kinds[i], tr["rel"][i], sig, count)
+                       for i, r in enumerate(g.relations)]
+            tr2 = {"rel": new_rel, "count": jnp.minimum(count + 1.0, 1e30)}
+            first_ops = {i: rec[i] for i in rel_eqns}
+            return (list(hn), list(on), tr2), (outs, first_ops)
+
+        (h, o, tr), (outs, ops) = jax.lax.scan(body, (list(h_leaves), list(o_leaves), traces), args_seq)
+        ops0 = jax.tree.map(lambda a: a[0], ops)
+        return outs, h, o, tr, ops0
+
+    def _sample_window_plain(self, p_leaves, h_leaves, o_leaves, args_seq):
+        g = self.graph
+
+        def body(carry, a_leaves):
+            h, o = carry
+            outs, hn, on, _ = g.run(list(p_leaves) + list(h) + list(o) + list(a_leaves))
+            return (list(hn), list(on)), outs
+
+        _, outs = jax.lax.scan(body, (list(h_leaves), list(o_leaves)), args_seq)
+        return outs
+
+    def _sample_window_bwd(self, p_leaves, h_leaves, o_leaves, traces, args_seq, ops0, outs_bar):
+        """Per-sample gradient of the window's outputs (cotangent ``outs_bar``)."""
+        _, pull = jax.vjp(lambda hp, pl: self._sample_window_plain(pl, hp, o_leaves, args_seq),
+                          list(h_leaves), list(p_leaves))
+        delta, grads = pull(outs_bar)
+        grads = list(grads)
+        g = self.graph
+        for i, rel in enumerate(g.relations):
+            members = g.groups[rel.group].members
+            hist = self.relation_history(rel, self._kinds[i], traces["rel"][i], [delta[m] for m in members],
+                                         ops0[rel.eqn_index], traces["count"])
+            grads[rel.leaf] = grads[rel.leaf] + hist.astype(grads[rel.leaf].dtype)
+        return grads
+
+    # -- the window function (batch level, custom VJP) ----------------------------------------
+
+    def _make_window(self):
+        mf = self.graph.mf
+        oax = [0 if b else None for st, b in zip(mf.other_states, mf.batched_other)
+               for _ in jax.tree.leaves(st.value)]
+        batched = self.batch_size is not None
+
+        def fwd_impl(p, h, o, tr, a):
+            if not batched:
+                return self._sample_window_fwd(p, h, o, tr, a)
+            f = jax.vmap(lambda hh, oo, tt, aa: self._sample_window_fwd(p, hh, oo, tt, aa),
+                         in_axes=(0, oax, 0, 1), out_axes=(1, 0, oax, 0, 0))
+            return f(h, o, tr, a)
+
+        @jax.custom_vjp
+        def window(p, h, o, tr, a):
+            outs, h2, o2, tr2, _ = fwd_impl(p, h, o, tr, a)
+            return outs, h2, o2, tr2
+
+        def window_fwd(p, h, o, tr, a):
+            outs, h2, o2, tr2, ops0 = fwd_impl(p, h, o, tr, a)
+            return (outs, h2, o2, tr2), (p, h, o, tr, a, ops0)
+
+        def window_bwd(res, cts):
+            p, h, o, tr, a, ops0 = res
+            outs_bar = cts[0]
+            if not batched:
+                grads = self._sample_window_bwd(p, h, o, tr, a, ops0, outs_bar)
+            else:
+                f = jax.vmap(lambda hh, oo, tt, aa, op, ob: self._sample_window_bwd(p, hh, oo, tt, aa, op, ob),
+                             in_axes=(0, oax, 0, 1, 0, 1))
+                grads = [jnp.sum(gl, axis=0) for gl in f(h, o, tr, a, ops0, outs_bar)]
+            zeros = lambda tree: jax.tree.map(_zero_cotangent, tree)
+            return list(grads), zeros(h), zeros(o), zeros(tr), zeros(a)
+
+        window.defvjp(window_fwd, window_bwd)
+        return window
+
+    def _split(self, params, hidden, others):
+        p_leaves = jax.tree.leaves(self._param_tuple(params))
+        h_leaves = jax.tree.leaves(hidden)
+        o_leaves, o_tree = jax.tree.flatten(others)
+        return p_leaves, h_leaves, o_leaves
+
+    def run_window(self, params, hidden, others, traces, args_seq):
+        """Pure window: ``args_seq`` has time leading (then batch). Returns
+        ``(outputs with time leading, hidden', others', traces')``; differentiable
+        w.r.t. ``params`` with the online gradient."""
+        g = self.graph
+        p_leaves, h_leaves, o_leaves = self._split(params, hidden, others)
+        a_leaves = jax.tree.leaves(args_seq)
+        outs, h2, o2, tr2 = self._window_fn(p_leaves, h_leaves, o_leaves, traces, a_leaves)
+        out = _unflatten_out_seq(g, outs)
+        hidden2, others2 = jax.tree.unflatten(jax.tree.structure((hidden, others)), list(h2) + list(o2))
+        return out, hidden2, others2, tr2
 
     # -- stateful API --------------------------------------------------------------------------
 
@@ -258,6 +329,12 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self._require_graph()
         mf = self.graph.mf
         return {mf.name(s): s.value for s in mf.param_states}
+
+    def param_states(self) -> dict:
+        """``{name: ParamState}``: the states to pass to `brainstate.transform.grad`."""
+        self._require_graph()
+        mf = self.graph.mf
+        return {mf.name(s): s for s in mf.param_states}
 
     def set_params(self, values: dict) -> None:
         mf = self.graph.mf
@@ -273,79 +350,182 @@ class OnlineAlgorithm(brainstate.nn.Module):
         tup = jax.tree.unflatten(jax.tree.structure(values), list(grad_leaves))
         return dict(zip(self.graph.mf.param_names, tup))
 
-    def step(self, inputs, target=None, loss_fn: Callable | None = None):
-        """Advance one step with traces; returns ``(out, grads, loss)``.
+    def _check_args(self, args: tuple, multi: bool) -> None:
+        leaves = jax.tree.leaves(args)
+        tree = jax.tree.structure(args)
+        if tree != self._arg_tree:
+            raise OperandError(f"{type(self).__name__}: inputs have structure {tree}, compiled for {self._arg_tree}")
+        for i, (leaf, want) in enumerate(zip(leaves, self._arg_shapes)):
+            got = tuple(np.shape(leaf))
+            core = got[1:] if multi else got
+            if core != want:
+                lead = "(time, " if multi else "("
+                raise OperandError(
+                    f"{type(self).__name__}: input {i} has shape {got}; compiled for one step of shape {want}"
+                    + (f", so a sequence needs {lead}{', '.join(map(str, want))})" if multi else "")
+                    + ". Recompile with etprop.compile(...) for other shapes")
 
-        ``grads`` is ``{param name: gradient}`` of ``mean_b loss_fn(out_b, target_b)`` (zero
-        loss if ``loss_fn`` is None), in the structure of `params`.
+    def __call__(self, inputs):
+        """Run one step (array / `SingleStepData`) or a window (`MultiStepData`, time
+        leading) and return the model's output (time leading for a window).
+
+        The output is differentiable w.r.t. the model's `ParamState`s with the online
+        gradient, e.g. ``brainstate.transform.grad(loss, learner.param_states())``.
+        """
+        self._require_graph()
+        multi = isinstance(inputs, MultiStepData)
+        args = _as_args(inputs, multi=multi)
+        self._check_args(args, multi)
+        seq = args if multi else jax.tree.map(lambda a: jnp.expand_dims(a, 0), args)
+        mf = self.graph.mf
+        params, hidden, others = mf.values()
+        params = dict(zip(mf.param_names, params))
+        out, h2, o2, tr2 = self.run_window(params, hidden, others, self.etrace.value, seq)
+        mf.write(h2, o2)
+        self.etrace.value = tr2
+        return out if multi else jax.tree.map(lambda a: a[0], out)
+
+    def step(self, inputs, target=None, loss_fn: Callable | None = None):
+        """Advance one step; returns ``(out, grads, loss)``.
+
+        ``grads`` is ``{param name: online gradient}`` of ``mean_b loss_fn(out_b, target_b)``
+        for this step (zeros if ``loss_fn`` is None), ready for ``optax.update``.
         """
         self._require_graph()
         args = _as_args(inputs, multi=False)
-        params = self.params()
-        mf = self.graph.mf
-        _, hidden, others = mf.values()
-        out, hn, on, tr, grads, loss = self.batched_step(params, hidden, others, self.etrace.value, args,
-                                                         target, loss_fn)
-        mf.write(hn, on)
-        self.etrace.value = tr
-        return out, self._grads_to_dict(grads, params), loss
+        self._check_args(args, False)
+        seq = jax.tree.map(lambda a: jnp.expand_dims(a, 0), args)
+        ys = None if target is None else jax.tree.map(lambda a: jnp.expand_dims(a, 0), target)
+        grads, losses, out = self._run_sequence(seq, ys, loss_fn, None, window=1, return_out=True)
+        return jax.tree.map(lambda a: a[0], out), grads, losses[0]
 
-    def __call__(self, inputs, *rest):
-        """Run one step (plain array / `SingleStepData`) and return the model output."""
-        return self.step(inputs)[0]
-
-    def etrace_grad(self, xs, ys=None, step_loss: Callable | None = None, *, mask=None, return_losses=False):
+    def etrace_grad(self, xs, ys=None, step_loss: Callable | None = None, *, mask=None, window: int = 1,
+                    return_losses=False):
         """Scan a sequence, advancing traces, and accumulate online gradients.
 
         Args:
-          xs: inputs with time as the leading axis (an array, a tuple, or `MultiStepData`).
+          xs: inputs with time leading (an array, a tuple, or `MultiStepData`).
           ys: targets with time leading (any pytree), passed to ``step_loss`` per step.
           step_loss: ``step_loss(out, target) -> scalar`` for one sample.
           mask: optional ``(T,)`` weights of each step's loss.
+          window: steps per window: exact reverse mode inside a window, traces across
+            windows. ``1`` is the per-step online gradient; ``T`` is BPTT.
 
         Returns:
-          ``(grads, loss)`` where ``loss = sum_t mask_t * mean_b step_loss``, ``grads`` its
-          online gradient; with ``return_losses`` also the per-step losses.
+          ``(grads, loss)`` with ``loss = sum_t mask_t mean_b step_loss`` and ``grads`` its
+          online gradient (``{param name: array}``); with ``return_losses`` also the
+          per-step losses.
         """
         self._require_graph()
         args = _as_args(xs, multi=True)
-        T = jax.tree.leaves(args)[0].shape[0]
-        mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
-        params = self.params()
-        mf = self.graph.mf
-        _, hidden, others = mf.values()
-        fn = self._compiled_scan(step_loss)
-        grads, losses, hn, on, tr = fn(params, hidden, others, self.etrace.value, args, ys, mask)
-        mf.write(hn, on)
-        self.etrace.value = tr
-        grads = self._grads_to_dict(grads, params)
+        self._check_args(args, True)
+        grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window)
         total = jnp.sum(losses)
         return (grads, total, losses) if return_losses else (grads, total)
 
     def etrace_evolve(self, xs):
         """Run a sequence without a loss: hidden states and traces advance (warm-up)."""
-        _, _ = self.etrace_grad(xs, None, None)
-
-    def _compiled_scan(self, step_loss):
-        key = step_loss
-        fn = self._jit_cache.get(key)
+        self._require_graph()
+        args = _as_args(xs, multi=True)
+        self._check_args(args, True)
+        mf = self.graph.mf
+        params, hidden, others = mf.values()
+        fn = self._jit_cache.get("evolve")
         if fn is None:
-            def run(params, hidden, others, traces, args, ys, mask):
-                zero = [jnp.zeros_like(l) for l in jax.tree.leaves(self._param_tuple(params))]
+            fn = self._jit_cache["evolve"] = jax.jit(self.run_window)
+        out, h2, o2, tr2 = fn(dict(zip(mf.param_names, params)), hidden, others, self.etrace.value, args)
+        mf.write(h2, o2)
+        self.etrace.value = tr2
+        return out
 
-                def body(carry, inp):
-                    h, o, tr, acc = carry
-                    a, y, m = inp
-                    scaled = None if step_loss is None else (lambda out, tgt: m * step_loss(out, tgt))
-                    _, h2, o2, tr2, g, loss = self.batched_step(params, h, o, tr, a, y, scaled)
-                    acc = [x + gi for x, gi in zip(acc, g)]
-                    return (h2, o2, tr2, acc), loss
+    def _run_sequence(self, args, ys, step_loss, mask, *, window, return_out=False):
+        T = jax.tree.leaves(args)[0].shape[0]
+        if not isinstance(window, int) or window < 1:
+            raise ArgumentError(f"window must be a positive int, got {window!r}")
+        window = min(window, T)
+        mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
+        if mask.shape != (T,):
+            raise ArgumentError(f"mask must have shape ({T},), got {mask.shape}")
+        mf = self.graph.mf
+        params, hidden, others = mf.values()
+        params = dict(zip(mf.param_names, params))
+        n_full, rest = divmod(T, window)
+        cut = lambda tree, lo, hi: jax.tree.map(lambda a: a[lo:hi], tree)
+        acc, losses, outs = None, [], []
+        traces = self.etrace.value
+        for lo, hi, n in ((0, n_full * window, n_full), (n_full * window, T, 1 if rest else 0)):
+            if n == 0:
+                continue
+            k = (hi - lo) // n
+            fn = self._compiled_scan(step_loss, window=k, return_out=return_out)
+            res = fn(params, hidden, others, traces, cut(args, lo, hi), None if ys is None else cut(ys, lo, hi),
+                     mask[lo:hi])
+            g, l, hidden, others, traces = res[:5]
+            acc = g if acc is None else [x + y for x, y in zip(acc, g)]
+            losses.append(l)
+            if return_out:
+                outs.append(res[5])
+        mf.write(hidden, others)
+        self.etrace.value = traces
+        grads = self._grads_to_dict(acc, params)
+        losses = jnp.concatenate(losses)
+        if return_out:
+            return grads, losses, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+        return grads, losses
 
-                (h, o, tr, acc), losses = jax.lax.scan(body, (hidden, others, traces, zero), (args, ys, mask))
-                return acc, losses, h, o, tr
+    def _compiled_scan(self, step_loss, window: int = 1, return_out: bool = False):
+        """Jitted ``fn(params, hidden, others, traces, args, ys, mask)`` over ``T = n * window``
+        steps, returning ``(grad leaves, per-step losses, hidden', others', traces'[, outs])``."""
+        key = (step_loss, window, return_out)
+        fn = self._jit_cache.get(key)
+        if fn is not None:
+            return fn
+        batched = self.batch_size is not None
 
-            fn = self._jit_cache[key] = jax.jit(run)
+        def window_losses(out, ys, mask):
+            if step_loss is None:
+                return jnp.zeros(mask.shape)
+            per = jax.vmap(jax.vmap(step_loss)) if batched else jax.vmap(step_loss)
+            vals = _mantissa(per(out, ys))
+            return mask * (jnp.mean(vals, axis=1) if batched else vals)
+
+        def run(params, hidden, others, traces, args, ys, mask):
+            T = mask.shape[0]
+            n = T // window
+            resh = lambda tree: jax.tree.map(lambda a: a.reshape((n, window) + a.shape[1:]), tree)
+            p_tuple = self._param_tuple(params)
+            p_leaves, p_tree = jax.tree.flatten(p_tuple)
+            zero = [jnp.zeros_like(l) for l in p_leaves]
+
+            def body(carry, inp):
+                h, o, tr, acc = carry
+                a, y, m = inp
+
+                def loss_of(pl):
+                    pd = dict(zip(self.graph.mf.param_names, jax.tree.unflatten(p_tree, pl)))
+                    out, h2, o2, tr2 = self.run_window(pd, h, o, tr, a)
+                    ls = window_losses(out, y, m)
+                    return jnp.sum(ls), (ls, out, h2, o2, tr2)
+
+                (_, (ls, out, h2, o2, tr2)), g = jax.value_and_grad(loss_of, has_aux=True)(p_leaves)
+                acc = [x + gi for x, gi in zip(acc, g)]
+                return (h2, o2, tr2, acc), ((ls, out) if return_out else (ls, None))
+
+            (h, o, tr, acc), (losses, outs) = jax.lax.scan(
+                body, (hidden, others, traces, zero), (resh(args), resh(ys), resh(mask)))
+            flat = lambda tree: jax.tree.map(lambda a: a.reshape((T,) + a.shape[2:]), tree)
+            res = (acc, losses.reshape(T), h, o, tr)
+            return res + (flat(outs),) if return_out else res
+
+        fn = self._jit_cache[key] = jax.jit(run)
         return fn
+
+
+def _unflatten_out_seq(graph: ETraceGraph, outs):
+    n = graph.out_tree.num_leaves
+    dummy = [None] * n
+    dummy[:len(outs)] = list(outs)
+    return jax.tree.unflatten(graph.out_tree, dummy)[0]
 
 
 def _unwrap_single(inputs: tuple) -> tuple:
@@ -359,7 +539,7 @@ def _unwrap_single(inputs: tuple) -> tuple:
 def _as_args(inputs, *, multi: bool) -> tuple:
     if isinstance(inputs, MultiStepData):
         if not multi:
-            raise NotSupportedError("step() takes one time step; use etrace_grad for MultiStepData")
+            raise NotSupportedError("step() takes one time step; use etrace_grad or learner(MultiStepData(...))")
         return inputs.data
     if isinstance(inputs, SingleStepData):
         if multi:

@@ -77,29 +77,34 @@ class _TraceRules(OnlineAlgorithm):
         ex = [jnp.zeros(v.aval.shape, v.aval.dtype) for v in eqn.invars[:rel.n_x]]
         return {"ex": ex, "ef": [jnp.zeros(y.shape, y.dtype) for _ in range(S)]}
 
-    def update_relation(self, rel: Relation, kind: str, trace, sig: StepSignals, delta, count):
+    def advance_relation(self, rel: Relation, kind: str, trace, sig: StepSignals, count):
         D = sig.D[rel.group]
         Df = sig.Df[rel.eqn_index][rel.group]
         ops = sig.operands[rel.eqn_index]
         S = len(Df)
         if kind == "param":
             ex = lambda v: self.expand(rel, ops, v)
-            grad = _sum([ex(delta[a]) * trace[a] for a in range(S)])
-            new = [_sum([ex(D[a][s]) * trace[s] for s in range(S)]) + self.param_vjp(rel, ops, Df[a])
-                   for a in range(S)]
-            return new, grad
-        alpha = self.alpha
-        c = _sum([delta[a] * trace["ef"][a] for a in range(S)])
+            return [_sum([ex(D[a][s]) * trace[s] for s in range(S)]) + self.param_vjp(rel, ops, Df[a])
+                    for a in range(S)]
         ef = [_sum([D[a][s] * trace["ef"][s] for s in range(S)]) + Df[a] for a in range(S)]
         if rel.n_x == 0:
-            return {"ex": [], "ef": ef}, self.param_vjp(rel, ops, c)
+            return {"ex": [], "ef": ef}
         ex_old = trace["ex"][0]
-        # bias correction by trace step; alpha^n underflows to 0 and never overflows
-        corr = 1.0 - jnp.power(jnp.asarray(alpha, ex_old.dtype), count.astype(ex_old.dtype))
-        ex_hat = jnp.where(count > 0, ex_old / jnp.where(count > 0, corr, 1.0), 0.0)
-        grad = self.param_vjp(rel, ops, c, x_override=[ex_hat])
-        ex = alpha * ex_old + (1.0 - alpha) * ops[0].astype(ex_old.dtype)
-        return {"ex": [ex], "ef": ef}, grad
+        ex = self.alpha * ex_old + (1.0 - self.alpha) * ops[0].astype(ex_old.dtype)
+        return {"ex": [ex], "ef": ef}
+
+    def relation_history(self, rel: Relation, kind: str, trace, delta, operands, count):
+        S = len(delta)
+        if kind == "param":
+            return _sum([self.expand(rel, operands, delta[a]) * trace[a] for a in range(S)])
+        c = _sum([delta[a] * trace["ef"][a] for a in range(S)])
+        if rel.n_x == 0:
+            return self.param_vjp(rel, operands, c)
+        ex = trace["ex"][0]
+        # bias correction by trace step n; alpha^n underflows to 0 and never overflows
+        corr = 1.0 - jnp.power(jnp.asarray(self.alpha, ex.dtype), count.astype(ex.dtype))
+        ex_hat = jnp.where(count > 0, ex / jnp.where(count > 0, corr, 1.0), 0.0)
+        return self.param_vjp(rel, operands, c, x_override=[ex_hat])
 
 
 class D_RTRL(_TraceRules):
