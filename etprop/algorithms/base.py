@@ -473,9 +473,14 @@ class OnlineAlgorithm(brainstate.nn.Module):
             return grads, losses, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
         return grads, losses
 
-    def _compiled_scan(self, step_loss, window: int = 1, return_out: bool = False):
+    default_window = 1
+
+    def _compiled_scan(self, step_loss, window: int | None = None, return_out: bool = False):
         """Jitted ``fn(params, hidden, others, traces, args, ys, mask)`` over ``T = n * window``
-        steps, returning ``(grad leaves, per-step losses, hidden', others', traces'[, outs])``."""
+        steps (``window=None``: the algorithm's default, None meaning the whole sequence),
+        returning ``(grad leaves, per-step losses, hidden', others', traces'[, outs])``."""
+        if window is None:
+            window = self.default_window
         key = (step_loss, window, return_out)
         fn = self._jit_cache.get(key)
         if fn is not None:
@@ -491,8 +496,9 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
         def run(params, hidden, others, traces, args, ys, mask):
             T = mask.shape[0]
-            n = T // window
-            resh = lambda tree: jax.tree.map(lambda a: a.reshape((n, window) + a.shape[1:]), tree)
+            win = T if window is None else window
+            n = T // win
+            resh = lambda tree: jax.tree.map(lambda a: a.reshape((n, win) + a.shape[1:]), tree)
             p_tuple = self._param_tuple(params)
             p_leaves, p_tree = jax.tree.flatten(p_tuple)
             zero = [jnp.zeros_like(l) for l in p_leaves]

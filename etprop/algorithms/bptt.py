@@ -20,6 +20,7 @@ class BPTT(OnlineAlgorithm):
     """
 
     name = "BPTT"
+    default_window = None  # the whole sequence
 
     def relation_kind(self, rel):
         return "none"
