@@ -115,12 +115,19 @@ class ETPCall:
         return None if rule is None else rule(v, params, aux, self.config_dict)
 
     def transformed_params(self, params):
-        """Parameters after their transforms, as mantissas in the units the forward sees."""
+        """Parameters after their transforms, as mantissas in the units the forward sees.
+
+        A ``'bias'`` is converted to the output unit, as in `apply`.
+        """
         fns = dict(self.fns)
-        out = {}
-        for k, p in params.items():
-            p = fns[k](p) if fns.get(k) is not None else p
-            out[k] = split_unit(p)[0]
+        params = {k: (fns[k](p) if fns.get(k) is not None else p) for k, p in params.items()}
+        split = {k: split_unit(p) for k, p in params.items()}
+        out = {k: m for k, (m, _) in split.items()}
+        if "bias" in params:
+            x = jax.tree.unflatten(self.in_tree, [0.0] * self.in_tree.num_leaves)[0]
+            x_u = split_unit(x)[1] if x is not None else u.UNITLESS
+            y_u = self.primitive._out_unit(x_u, {k: un for k, (_, un) in split.items() if k != "bias"})
+            out["bias"] = _bias_in_unit(self.primitive.name, params["bias"], split["bias"][1], y_u)
         return out
 
 
@@ -181,19 +188,21 @@ class ETPPrimitive:
         split = {k: split_unit(p) for k, p in params.items()}
         p_m = {k: m for k, (m, _) in split.items()}
         units = {k: un for k, (_, un) in split.items()}
-        core_units = {k: un for k, un in units.items() if k != "bias"}
-        if self.out_unit is not None:
-            y_u = self.out_unit(x_u, core_units)
-        else:
-            y_u = x_u
-            for un in core_units.values():
-                y_u = y_u * un
+        y_u = self._out_unit(x_u, {k: un for k, un in units.items() if k != "bias"})
         if "bias" in params:
             p_m["bias"] = _bias_in_unit(self.name, params["bias"], units["bias"], y_u)
         y = self.forward(x_m, p_m, aux, **config)
         if y_u.is_unitless and y_u.factor == 1.0:
             return y
         return u.maybe_decimal(u.Quantity(y, unit=y_u))
+
+    def _out_unit(self, x_u, core_units):
+        if self.out_unit is not None:
+            return self.out_unit(x_u, core_units)
+        y_u = x_u
+        for un in core_units.values():
+            y_u = y_u * un
+        return y_u
 
     def param_grad(self, call: ETPCall, x, dy, params, aux):
         """Per-sample pullback w.r.t. the transformed-mantissa parameters (a dict)."""
@@ -236,7 +245,9 @@ class ETPPrimitive:
         return _jitted(call)(*leaves)
 
     def _specialise(self, in_tree, config: tuple, fns: tuple) -> ETPCall:
-        key = (self.name, in_tree, config, fns)
+        # keyed by the primitive object, not its name: two primitives may share a name
+        # (an unregistered one, or one replaced with overwrite=True)
+        key = (self, in_tree, config, fns)
         with _LOCK:
             cid = _CALL_IDS.get(key)
             if cid is None:

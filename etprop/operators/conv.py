@@ -92,6 +92,10 @@ def conv(x, kernel, bias=None, *, strides: int | Sequence[int] = 1, padding: str
     dn = _DEFAULT_DN[n] if dimension_numbers is None else tuple(dimension_numbers)
     if len(dn) != 3 or not all(isinstance(s, str) and len(s) == n + 2 for s in dn):
         raise OperandError(f"conv: 'dimension_numbers' must be three layout strings of length {n + 2}, got {dn}")
+    try:
+        lax.conv_general_permutations(dn)
+    except (TypeError, ValueError) as e:
+        raise OperandError(f"conv: invalid 'dimension_numbers' {dn}: {e}") from None
     x_rank = len(C.shape_of(x))
     if x_rank not in (n + 1, n + 2):
         raise OperandError(f"conv: 'x' has shape {C.shape_of(x)}; a {n}-D convolution expects rank {n + 1} "
@@ -101,7 +105,11 @@ def conv(x, kernel, bias=None, *, strides: int | Sequence[int] = 1, padding: str
         if pad not in ("SAME", "VALID", "SAME_LOWER"):
             raise OperandError(f"conv: 'padding' must be 'SAME', 'VALID', 'SAME_LOWER' or pairs, got {padding!r}")
     else:
-        pad = tuple((int(lo), int(hi)) for lo, hi in padding)
+        try:
+            pad = tuple((int(lo), int(hi)) for lo, hi in padding)
+        except (TypeError, ValueError):
+            raise OperandError(f"conv: 'padding' must be 'SAME', 'VALID', 'SAME_LOWER' or {n} (low, high) "
+                               f"integer pairs, got {padding!r}") from None
         if len(pad) != n:
             raise OperandError(f"conv: 'padding' needs {n} (low, high) pairs, got {padding}")
     return CONV.bind(

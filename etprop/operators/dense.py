@@ -159,6 +159,18 @@ def _einsum_validate(x, params, aux, config):
     C.check_params_float("einsum", params)
     if len(C.shape_of(w)) != len(ws):
         raise OperandError(f"einsum: 'weight' has shape {C.shape_of(w)}; spec {ws!r} expects rank {len(ws)}")
+    missing = set(out.replace("...", "")) - set(xs + ws)
+    if missing:
+        raise OperandError(f"einsum: output letters {sorted(missing)} of {config['equation']!r} "
+                           f"appear in neither 'x' nor 'weight'")
+    x_shape = C.shape_of(x)
+    pre, _, post = xs.partition("...")
+    x_sizes = list(zip(pre, x_shape)) + list(zip(post, x_shape[len(x_shape) - len(post):] if post else ()))
+    w_sizes = dict(zip(ws, C.shape_of(w)))
+    for ch, n in x_sizes:
+        if ch in w_sizes and w_sizes[ch] != n:
+            raise OperandError(f"einsum: axis {ch!r} of 'x' {x_shape} has size {n} but axis {ch!r} of "
+                               f"'weight' {C.shape_of(w)} has size {w_sizes[ch]} ({config['equation']!r})")
 
 
 def _einsum_out_to_param(v, params, aux, config):

@@ -14,8 +14,10 @@ __all__ = ["embedding"]
 
 
 def _forward(x, params, aux):
-    # Out-of-range indices give NaN rows instead of JAX's silent clamping.
-    return jnp.take(params["weight"], x, axis=0, mode="fill", fill_value=jnp.nan)
+    # Out-of-range indices give NaN rows instead of JAX's silent clamping; negative indices
+    # are out of range too (jnp.take would wrap them to rows from the end).
+    y = jnp.take(params["weight"], x, axis=0, mode="fill", fill_value=jnp.nan)
+    return jnp.where(jnp.expand_dims(x < 0, -1), jnp.nan, y)
 
 
 def _validate(x, params, aux, config):
