@@ -179,6 +179,35 @@ class OnlineAlgorithm(brainstate.nn.Module):
         _, pull = jax.vjp(f, ops[pos])
         return pull(cotangent.astype(eqn.outvars[0].aval.dtype))[0]
 
+    def bsum(self, x):
+        """Sum over the batch axis (a no-op without ``batch_size``)."""
+        return x if self.batch_size is None else jnp.sum(x, axis=0)
+
+    def param_vjp_sum(self, rel: Relation, operands, cotangent, x_override=None):
+        """`param_vjp` summed over the batch: operands and cotangent carry a leading batch
+        axis where they are per-sample; the pullback contracts it (one matmul for matmul)."""
+        if self.batch_size is None:
+            return self.param_vjp(rel, operands, cotangent, x_override)
+        eqn = self.graph.closed.jaxpr.eqns[rel.eqn_index]
+        pos = self._operand_pos(rel)
+        per = self.graph.etp_operand_per_sample[rel.eqn_index]
+        ops = list(operands)
+        axes = [0 if b else None for b in per]
+        for j, xv in enumerate(x_override or []):
+            ops[j] = xv.astype(jnp.result_type(ops[j]))
+            axes[j] = 0
+        axes[pos] = None
+
+        def f(pv):
+            def one(*o):
+                o = list(o)
+                o[pos] = pv
+                return bind_eqn(eqn, o)[0]
+            return jax.vmap(one, in_axes=axes, axis_size=self.batch_size)(*ops)
+
+        _, pull = jax.vjp(f, ops[pos])
+        return pull(cotangent.astype(eqn.outvars[0].aval.dtype))[0]
+
     def expand(self, rel: Relation, operands, v):
         """Broadcast a per-position array of the relation's group to its parameter's shape."""
         x, params, aux = rel.call.unflatten(list(operands))
@@ -218,14 +247,22 @@ class OnlineAlgorithm(brainstate.nn.Module):
         return StepSignals(D, Df, rec)
 
     def _sample_window_fwd(self, p_leaves, h_leaves, o_leaves, traces, args_seq):
-        """Forward over a window for one sample: outputs, final states, advanced traces,
-        and the first step's ETP operands (for the history term)."""
+        """Forward over a window for one sample: outputs, final states, advanced traces, and
+        the ETP operands the history term needs: ``(shared, per_sample)`` where shared ones
+        (parameters, constants) come from the last step and per-sample ones from the first."""
         g = self.graph
         etp_ids = sorted(g.etp_eqns)
         rel_eqns = sorted({r.eqn_index for r in g.relations})
+        ps = g.etp_operand_per_sample
+        eqns = g.closed.jaxpr.eqns
+
+        def split(rec):
+            shared = {i: [None if ps[i][j] else v for j, v in enumerate(rec[i])] for i in rel_eqns}
+            per = {i: [v if ps[i][j] else None for j, v in enumerate(rec[i])] for i in rel_eqns}
+            return shared, per
 
         def body(carry, a_leaves):
-            h, o, tr = carry
+            h, o, tr, _ = carry
             tail = list(o) + list(a_leaves)
             outs, hn, on, rec = g.run(list(p_leaves) + list(h) + tail, record=etp_ids)
             sig = self._signals(p_leaves, h, tail, rec)
@@ -233,12 +270,15 @@ class OnlineAlgorithm(brainstate.nn.Module):
             new_rel = [self.advance_relation(r, self._kinds[i], tr["rel"][i], sig, count)
                        for i, r in enumerate(g.relations)]
             tr2 = {"rel": new_rel, "count": jnp.minimum(count + 1.0, 1e30)}
-            first_ops = {i: rec[i] for i in rel_eqns}
-            return (list(hn), list(on), tr2), (outs, first_ops)
+            shared, per = split(rec)
+            return (list(hn), list(on), tr2, shared), (outs, per)
 
-        (h, o, tr), (outs, ops) = jax.lax.scan(body, (list(h_leaves), list(o_leaves), traces), args_seq)
-        ops0 = jax.tree.map(lambda a: a[0], ops)
-        return outs, h, o, tr, ops0
+        shared0 = {i: [None if ps[i][j] else jnp.zeros(v.aval.shape, v.aval.dtype)
+                       for j, v in enumerate(eqns[i].invars)] for i in rel_eqns}
+        (h, o, tr, shared), (outs, per) = jax.lax.scan(
+            body, (list(h_leaves), list(o_leaves), traces, shared0), args_seq)
+        per0 = jax.tree.map(lambda a: a[0], per)
+        return outs, h, o, tr, (shared, per0)
 
     def _sample_window_plain(self, p_leaves, h_leaves, o_leaves, args_seq):
         g = self.graph
@@ -250,20 +290,6 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
         _, outs = jax.lax.scan(body, (list(h_leaves), list(o_leaves)), args_seq)
         return outs
-
-    def _sample_window_bwd(self, p_leaves, h_leaves, o_leaves, traces, args_seq, ops0, outs_bar):
-        """Per-sample gradient of the window's outputs (cotangent ``outs_bar``)."""
-        _, pull = jax.vjp(lambda hp, pl: self._sample_window_plain(pl, hp, o_leaves, args_seq),
-                          list(h_leaves), list(p_leaves))
-        delta, grads = pull(outs_bar)
-        grads = list(grads)
-        g = self.graph
-        for i, rel in enumerate(g.relations):
-            members = g.groups[rel.group].members
-            hist = self.relation_history(rel, self._kinds[i], traces["rel"][i], [delta[m] for m in members],
-                                         ops0[rel.eqn_index], traces["count"])
-            grads[rel.leaf] = grads[rel.leaf] + hist.astype(grads[rel.leaf].dtype)
-        return grads
 
     # -- the window function (batch level, custom VJP) ----------------------------------------
 
@@ -277,7 +303,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
             if not batched:
                 return self._sample_window_fwd(p, h, o, tr, a)
             f = jax.vmap(lambda hh, oo, tt, aa: self._sample_window_fwd(p, hh, oo, tt, aa),
-                         in_axes=(0, oax, 0, 1), out_axes=(1, 0, oax, 0, 0))
+                         in_axes=(0, oax, 0, 1), out_axes=(1, 0, oax, 0, (None, 0)))
             return f(h, o, tr, a)
 
         @jax.custom_vjp
@@ -289,15 +315,26 @@ class OnlineAlgorithm(brainstate.nn.Module):
             outs, h2, o2, tr2, ops0 = fwd_impl(p, h, o, tr, a)
             return (outs, h2, o2, tr2), (p, h, o, tr, a, ops0)
 
-        def window_bwd(res, cts):
-            p, h, o, tr, a, ops0 = res
-            outs_bar = cts[0]
+        def plain(hh, pl, o, a):
             if not batched:
-                grads = self._sample_window_bwd(p, h, o, tr, a, ops0, outs_bar)
-            else:
-                f = jax.vmap(lambda hh, oo, tt, aa, op, ob: self._sample_window_bwd(p, hh, oo, tt, aa, op, ob),
-                             in_axes=(0, oax, 0, 1, 0, 1))
-                grads = [jnp.sum(gl, axis=0) for gl in f(h, o, tr, a, ops0, outs_bar)]
+                return self._sample_window_plain(pl, hh, o, a)
+            return jax.vmap(lambda h1, o1, a1: self._sample_window_plain(pl, h1, o1, a1),
+                            in_axes=(0, oax, 1), out_axes=1)(hh, o, a)
+
+        def window_bwd(res, cts):
+            p, h, o, tr, a, (shared, per) = res
+            # exact reverse mode inside the window, h^{t0} fixed; grads summed over the batch
+            _, pull = jax.vjp(lambda hh, pl: plain(hh, pl, o, a), list(h), list(p))
+            delta, grads = pull(cts[0])
+            grads = list(grads)
+            g = self.graph
+            count = tr["count"][0] if batched else tr["count"]
+            for i, rel in enumerate(g.relations):
+                ops = [sv if pv is None else pv for sv, pv in zip(shared[rel.eqn_index], per[rel.eqn_index])]
+                members = g.groups[rel.group].members
+                hist = self.relation_history(rel, self._kinds[i], tr["rel"][i], [delta[m] for m in members],
+                                             ops, count)
+                grads[rel.leaf] = grads[rel.leaf] + hist.astype(grads[rel.leaf].dtype)
             zeros = lambda tree: jax.tree.map(_zero_cotangent, tree)
             return list(grads), zeros(h), zeros(o), zeros(tr), zeros(a)
 

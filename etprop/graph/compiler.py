@@ -79,15 +79,12 @@ class ETraceGraph:
     etp_eqns: dict  # eqn index -> ETPCall
     etp_n_x: dict  # eqn index -> number of x operands
     etp_out_avals: dict  # eqn index -> aval of its output
+    etp_operand_per_sample: dict  # eqn index -> tuple(bool): operand depends on per-sample data
     untraced: dict  # param leaf name -> reason it has no trace
     notes: list
     batched: bool
 
     # -- evaluation ---------------------------------------------------------------------------
-
-    def flat_args(self, params, hidden, others, args):
-        return jax.tree.leaves((params, hidden, others, args), is_leaf=lambda x: x is None) \
-            if False else jax.tree.flatten((params, hidden, others, args))[0]
 
     def run(self, leaves, **hooks):
         """Evaluate the flat step; returns ``(out leaves, hidden' leaves, others' leaves, recorded)``."""
@@ -224,9 +221,7 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
     h_out = jaxpr.outvars[n_out:n_out + n_h]
 
     def deps_of(v):
-        if hasattr(v, "val") and not hasattr(v, "aval") or type(v).__name__ == "Literal":
-            return frozenset()
-        return dep.get(v, frozenset())
+        return deps_of_in(dep, v)
 
     h_shapes = [tuple(v.aval.shape) for v in h_in]
     parent = list(range(n_h))
@@ -289,15 +284,31 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
                 diag = (pname in call.primitive.out_to_param and _declares_diag(call, pname, eqn))
                 relations.append(Relation(idx, call, pname, leaf, lname, g, etp_n_x[idx], diag))
 
+    # which ETP operands vary per sample (hidden states, inputs, batched others): the rest
+    # (parameters, constants) stay unbatched in the batched backward pass
+    n_o = len(jax.tree.leaves(others))
+    o_batched = [b for st, v, b in zip(mf.other_states, others, mf.batched_other) for _ in jax.tree.leaves(v)]
+    sample_src = {v: {"s"} for v in jaxpr.invars[n_p:n_p + n_h]}
+    sample_src.update({v: {"s"} for v, b in zip(jaxpr.invars[n_p + n_h:n_p + n_h + n_o], o_batched) if b})
+    sample_src.update({v: {"s"} for v in jaxpr.invars[n_p + n_h + n_o:]})
+    sdep = _jaxpr.dependencies(jaxpr, sample_src)
+    per_sample = {idx: tuple(bool(deps_of_in(sdep, v)) for v in jaxpr.eqns[idx].invars) for idx in etp}
+
     graph = ETraceGraph(mf, closed, in_tree, out_tree, n_p, n_h, n_out, tuple(leaf_names), param_avals,
                         tuple(groups), tuple(hidden_group), tuple(relations), etp, etp_n_x, etp_out_avals,
-                        untraced, notes, batched)
+                        per_sample, untraced, notes, batched)
     _check_diagonal(graph, leaves, probe_seed)
     traced = {r.leaf for r in graph.relations}
     for leaf, name in enumerate(leaf_names):
         if leaf not in traced and name not in graph.untraced:
             graph.untraced[name] = "not consumed by an ETP operator (plain JAX op)"
     return graph
+
+
+def deps_of_in(dep: dict, v) -> frozenset:
+    if type(v).__name__ == "Literal":
+        return frozenset()
+    return dep.get(v, frozenset())
 
 
 def _declares_diag(call: ETPCall, pname: str, eqn) -> bool:
@@ -336,7 +347,7 @@ def _check_diagonal(graph: ETraceGraph, leaves, seed: int) -> None:
     h0 = leaves[n_p:n_p + n_h]
     _, lin = jax.linearize(dyn, h0, zeros_y)
     zero_h = [jnp.zeros_like(h) for h in h0]
-    zero_py = {i: jnp.zeros_like(z) for i, z in zero_y_items(zeros_y)}
+    zero_py = dict(zeros_y)
     bad_groups = set()
     for g in graph.groups:
         cols = []
@@ -386,10 +397,6 @@ def _check_diagonal(graph: ETraceGraph, leaves, seed: int) -> None:
         graph.untraced.setdefault(rel.leaf_name, why)
         warnings.warn(f"etprop: {rel.leaf_name} is not traced: {why}", stacklevel=3)
     graph.relations = tuple(keep)
-
-
-def zero_y_items(zeros_y):
-    return zeros_y.items()
 
 
 def _close(a, b) -> bool:
