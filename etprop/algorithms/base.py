@@ -91,6 +91,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self._hidden0 = self.graph.mf.values()[1]  # what reset() returns the hidden states to
         self._jit_cache = {}
         self._window_fn = self._make_window()
+        self._chunk_fns = {}
         return self
 
     def _require_graph(self):
@@ -184,10 +185,15 @@ class OnlineAlgorithm(brainstate.nn.Module):
         return x if self.batch_size is None else jnp.sum(x, axis=0)
 
     def param_vjp_sum(self, rel: Relation, operands, cotangent, x_override=None):
-        """`param_vjp` summed over the batch: operands and cotangent carry a leading batch
-        axis where they are per-sample; the pullback contracts it (one matmul for matmul)."""
+        """`param_vjp` summed over the batch (see `param_vjp_over`)."""
         if self.batch_size is None:
             return self.param_vjp(rel, operands, cotangent, x_override)
+        return self.param_vjp_over(rel, operands, cotangent, self.batch_size, x_override)
+
+    def param_vjp_over(self, rel: Relation, operands, cotangent, n: int, x_override=None):
+        """Pullback w.r.t. the relation's parameter, summed over a leading axis of size ``n``
+        carried by the per-sample operands, the cotangent and ``x_override`` (shared
+        operands have none). For matmul this is one ``(I x n)(n x O)`` product."""
         eqn = self.graph.closed.jaxpr.eqns[rel.eqn_index]
         pos = self._operand_pos(rel)
         per = self.graph.etp_operand_per_sample[rel.eqn_index]
@@ -203,7 +209,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
                 o = list(o)
                 o[pos] = pv
                 return bind_eqn(eqn, o)[0]
-            return jax.vmap(one, in_axes=axes, axis_size=self.batch_size)(*ops)
+            return jax.vmap(one, in_axes=axes, axis_size=n)(*ops)
 
         _, pull = jax.vjp(f, ops[pos])
         return pull(cotangent.astype(eqn.outvars[0].aval.dtype))[0]
@@ -347,14 +353,20 @@ class OnlineAlgorithm(brainstate.nn.Module):
         o_leaves, o_tree = jax.tree.flatten(others)
         return p_leaves, h_leaves, o_leaves
 
-    def run_window(self, params, hidden, others, traces, args_seq):
+    def run_window(self, params, hidden, others, traces, args_seq, *, mode: str = "window"):
         """Pure window: ``args_seq`` has time leading (then batch). Returns
         ``(outputs with time leading, hidden', others', traces')``; differentiable
-        w.r.t. ``params`` with the online gradient."""
+        w.r.t. ``params`` with the online gradient. ``mode='window'``: exact reverse
+        mode inside; ``mode='chunk'``: per-step gradients in closed form."""
         g = self.graph
         p_leaves, h_leaves, o_leaves = self._split(params, hidden, others)
         a_leaves = jax.tree.leaves(args_seq)
-        outs, h2, o2, tr2 = self._window_fn(p_leaves, h_leaves, o_leaves, traces, a_leaves)
+        if mode == "chunk":
+            from etprop.algorithms.chunked import make_chunk
+            fn = self._chunk_fns.get(0) or self._chunk_fns.setdefault(0, make_chunk(self))
+        else:
+            fn = self._window_fn
+        outs, h2, o2, tr2 = fn(p_leaves, h_leaves, o_leaves, traces, a_leaves)
         out = _unflatten_out_seq(g, outs)
         hidden2, others2 = jax.tree.unflatten(jax.tree.structure((hidden, others)), list(h2) + list(o2))
         return out, hidden2, others2, tr2
@@ -437,7 +449,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         return jax.tree.map(lambda a: a[0], out), grads, losses[0]
 
     def etrace_grad(self, xs, ys=None, step_loss: Callable | None = None, *, mask=None, window: int = 1,
-                    return_losses=False):
+                    chunk_size: int | None = None, return_losses=False):
         """Scan a sequence, advancing traces, and accumulate online gradients.
 
         Args:
@@ -447,6 +459,9 @@ class OnlineAlgorithm(brainstate.nn.Module):
           mask: optional ``(T,)`` weights of each step's loss.
           window: steps per window: exact reverse mode inside a window, traces across
             windows. ``1`` is the per-step online gradient; ``T`` is BPTT.
+          chunk_size: with ``window=1``, compute the per-step gradients ``chunk_size``
+            steps at a time in closed form (same result, matmul speed; memory grows
+            with the chunk). Default: 32 (the whole sequence if shorter).
 
         Returns:
           ``(grads, loss)`` with ``loss = sum_t mask_t mean_b step_loss`` and ``grads`` its
@@ -456,29 +471,33 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self._require_graph()
         args = _as_args(xs, multi=True)
         self._check_args(args, True)
-        grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window)
+        grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, chunk_size=chunk_size)
         total = jnp.sum(losses)
         return (grads, total, losses) if return_losses else (grads, total)
 
-    def etrace_evolve(self, xs):
-        """Run a sequence without a loss: hidden states and traces advance (warm-up)."""
+    def etrace_evolve(self, xs, *, chunk_size: int | None = None):
+        """Run a sequence without a loss (warm-up): hidden states and traces advance.
+        Returns the outputs, time leading."""
         self._require_graph()
         args = _as_args(xs, multi=True)
         self._check_args(args, True)
-        mf = self.graph.mf
-        params, hidden, others = mf.values()
-        fn = self._jit_cache.get("evolve")
-        if fn is None:
-            fn = self._jit_cache["evolve"] = jax.jit(self.run_window)
-        out, h2, o2, tr2 = fn(dict(zip(mf.param_names, params)), hidden, others, self.etrace.value, args)
-        mf.write(h2, o2)
-        self.etrace.value = tr2
+        _, _, out = self._run_sequence(args, None, None, None, window=1, chunk_size=chunk_size, return_out=True)
         return out
 
-    def _run_sequence(self, args, ys, step_loss, mask, *, window, return_out=False):
+    default_chunk = 32
+
+    def _run_sequence(self, args, ys, step_loss, mask, *, window, chunk_size=None, return_out=False):
         T = jax.tree.leaves(args)[0].shape[0]
         if not isinstance(window, int) or window < 1:
             raise ArgumentError(f"window must be a positive int, got {window!r}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ArgumentError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if chunk_size is not None and chunk_size > 1 and window > 1:
+            raise ArgumentError("chunk_size applies to per-step gradients (window=1); a window is already "
+                                "computed by exact reverse mode")
+        mode = "chunk" if window == 1 and self.default_chunk else "window"
+        if mode == "chunk":
+            window = min(chunk_size or self.default_chunk, T)
         window = min(window, T)
         mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
         if mask.shape != (T,):
@@ -494,7 +513,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
             if n == 0:
                 continue
             k = (hi - lo) // n
-            fn = self._compiled_scan(step_loss, window=k, return_out=return_out)
+            fn = self._compiled_scan(step_loss, window=k, return_out=return_out, mode=mode)
             res = fn(params, hidden, others, traces, cut(args, lo, hi), None if ys is None else cut(ys, lo, hi),
                      mask[lo:hi])
             g, l, hidden, others, traces = res[:5]
@@ -512,13 +531,14 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
     default_window = 1
 
-    def _compiled_scan(self, step_loss, window: int | None = None, return_out: bool = False):
+    def _compiled_scan(self, step_loss, window: int | None = None, return_out: bool = False,
+                       mode: str = "window"):
         """Jitted ``fn(params, hidden, others, traces, args, ys, mask)`` over ``T = n * window``
         steps (``window=None``: the algorithm's default, None meaning the whole sequence),
         returning ``(grad leaves, per-step losses, hidden', others', traces'[, outs])``."""
         if window is None:
             window = self.default_window
-        key = (step_loss, window, return_out)
+        key = (step_loss, window, return_out, mode)
         fn = self._jit_cache.get(key)
         if fn is not None:
             return fn
@@ -546,7 +566,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
                 def loss_of(pl):
                     pd = dict(zip(self.graph.mf.param_names, jax.tree.unflatten(p_tree, pl)))
-                    out, h2, o2, tr2 = self.run_window(pd, h, o, tr, a)
+                    out, h2, o2, tr2 = self.run_window(pd, h, o, tr, a, mode=mode)
                     ls = window_losses(out, y, m)
                     return jnp.sum(ls), (ls, out, h2, o2, tr2)
 

@@ -21,6 +21,7 @@ class BPTT(OnlineAlgorithm):
 
     name = "BPTT"
     default_window = None  # the whole sequence
+    default_chunk = 0  # no per-step mode
 
     def relation_kind(self, rel):
         return "none"

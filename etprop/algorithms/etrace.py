@@ -93,18 +93,24 @@ class _TraceRules(OnlineAlgorithm):
         ex = self.alpha * ex_old + (1.0 - self.alpha) * ops[0].astype(ex_old.dtype)
         return {"ex": [ex], "ef": ef}
 
+    def io_snapshot(self, rel: Relation, trace, count):
+        """``(ex_hat, ef)``: the factorised trace as the history term uses it."""
+        if rel.n_x == 0:
+            return None, trace["ef"]
+        ex = trace["ex"][0]
+        # bias correction by trace step n; alpha^n underflows to 0 and never overflows
+        corr = 1.0 - jnp.power(jnp.asarray(self.alpha, ex.dtype), count.astype(ex.dtype))
+        return jnp.where(count > 0, ex / jnp.where(count > 0, corr, 1.0), 0.0), trace["ef"]
+
     def relation_history(self, rel: Relation, kind: str, trace, delta, operands, count):
         # batch level: delta and traces lead with the batch axis when batch_size is set
         S = len(delta)
         if kind == "param":
             return self.bsum(_sum([self.expand(rel, operands, delta[a]) * trace[a] for a in range(S)]))
-        c = _sum([delta[a] * trace["ef"][a] for a in range(S)])
+        ex_hat, ef = self.io_snapshot(rel, trace, count)
+        c = _sum([delta[a] * ef[a] for a in range(S)])
         if rel.n_x == 0:
             return self.param_vjp_sum(rel, operands, c)
-        ex = trace["ex"][0]
-        # bias correction by trace step n; alpha^n underflows to 0 and never overflows
-        corr = 1.0 - jnp.power(jnp.asarray(self.alpha, ex.dtype), count.astype(ex.dtype))
-        ex_hat = jnp.where(count > 0, ex / jnp.where(count > 0, corr, 1.0), 0.0)
         return self.param_vjp_sum(rel, operands, c, x_override=[ex_hat])
 
 
