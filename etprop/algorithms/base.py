@@ -505,28 +505,14 @@ class OnlineAlgorithm(brainstate.nn.Module):
         mf = self.graph.mf
         params, hidden, others = mf.values()
         params = dict(zip(mf.param_names, params))
-        n_full, rest = divmod(T, window)
-        cut = lambda tree, lo, hi: jax.tree.map(lambda a: a[lo:hi], tree)
-        acc, losses, outs = None, [], []
-        traces = self.etrace.value
-        for lo, hi, n in ((0, n_full * window, n_full), (n_full * window, T, 1 if rest else 0)):
-            if n == 0:
-                continue
-            k = (hi - lo) // n
-            fn = self._compiled_scan(step_loss, window=k, return_out=return_out, mode=mode)
-            res = fn(params, hidden, others, traces, cut(args, lo, hi), None if ys is None else cut(ys, lo, hi),
-                     mask[lo:hi])
-            g, l, hidden, others, traces = res[:5]
-            acc = g if acc is None else [x + y for x, y in zip(acc, g)]
-            losses.append(l)
-            if return_out:
-                outs.append(res[5])
+        fn = self._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
+        res = fn(params, hidden, others, self.etrace.value, args, ys, mask)
+        acc, losses, hidden, others, traces = res[:5]
         mf.write(hidden, others)
         self.etrace.value = traces
         grads = self._grads_to_dict(acc, params)
-        losses = jnp.concatenate(losses)
         if return_out:
-            return grads, losses, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+            return grads, losses, res[5]
         return grads, losses
 
     default_window = 1
@@ -553,16 +539,16 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
         def run(params, hidden, others, traces, args, ys, mask):
             T = mask.shape[0]
-            win = T if window is None else window
-            n = T // win
-            resh = lambda tree: jax.tree.map(lambda a: a.reshape((n, win) + a.shape[1:]), tree)
-            p_tuple = self._param_tuple(params)
-            p_leaves, p_tree = jax.tree.flatten(p_tuple)
-            zero = [jnp.zeros_like(l) for l in p_leaves]
+            win = T if window is None else min(window, T)
+            n, rest = divmod(T, win)
+            p_leaves, p_tree = jax.tree.flatten(self._param_tuple(params))
+            # windows are sliced inside the loop, so the sequence is never copied
+            take = lambda tree, start, size: jax.tree.map(
+                lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, 0), tree)
 
-            def body(carry, inp):
+            def one(carry, start, size):
                 h, o, tr, acc = carry
-                a, y, m = inp
+                a, y, m = take(args, start, size), take(ys, start, size), take(mask, start, size)
 
                 def loss_of(pl):
                     pd = dict(zip(self.graph.mf.param_names, jax.tree.unflatten(p_tree, pl)))
@@ -574,11 +560,17 @@ class OnlineAlgorithm(brainstate.nn.Module):
                 acc = [x + gi for x, gi in zip(acc, g)]
                 return (h2, o2, tr2, acc), ((ls, out) if return_out else (ls, None))
 
-            (h, o, tr, acc), (losses, outs) = jax.lax.scan(
-                body, (hidden, others, traces, zero), (resh(args), resh(ys), resh(mask)))
-            flat = lambda tree: jax.tree.map(lambda a: a.reshape((T,) + a.shape[2:]), tree)
-            res = (acc, losses.reshape(T), h, o, tr)
-            return res + (flat(outs),) if return_out else res
+            carry = (hidden, others, traces, [jnp.zeros_like(l) for l in p_leaves])
+            carry, (losses, outs) = jax.lax.scan(lambda c, i: one(c, i * win, win), carry, jnp.arange(n))
+            merge = lambda tree: jax.tree.map(lambda a: a.reshape((n * win,) + a.shape[2:]), tree)
+            losses, outs = merge(losses), merge(outs)
+            if rest:
+                carry, (l2, o2) = one(carry, n * win, rest)
+                losses = jnp.concatenate([losses, l2])
+                outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outs, o2)
+            h, o, tr, acc = carry
+            res = (acc, losses, h, o, tr)
+            return res + (outs,) if return_out else res
 
         fn = self._jit_cache[key] = jax.jit(run)
         return fn
