@@ -182,7 +182,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
     def bsum(self, x):
         """Sum over the batch axis (a no-op without ``batch_size``)."""
-        return x if self.batch_size is None else jnp.sum(x, axis=0)
+        return x if self.batch_size is None else tree_sum0(x)
 
     def param_vjp_sum(self, rel: Relation, operands, cotangent, x_override=None):
         """`param_vjp` summed over the batch (see `param_vjp_over`)."""
@@ -461,7 +461,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
             windows. ``1`` is the per-step online gradient; ``T`` is BPTT.
           chunk_size: with ``window=1``, compute the per-step gradients ``chunk_size``
             steps at a time in closed form (same result, matmul speed; memory grows
-            with the chunk). Default: 32 (the whole sequence if shorter).
+            with the chunk). Default: 16, the fastest measured on CPU (benchmarks/RESULTS.md).
 
         Returns:
           ``(grads, loss)`` with ``loss = sum_t mask_t mean_b step_loss`` and ``grads`` its
@@ -484,7 +484,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         _, _, out = self._run_sequence(args, None, None, None, window=1, chunk_size=chunk_size, return_out=True)
         return out
 
-    default_chunk = 32
+    default_chunk = 16
 
     def _run_sequence(self, args, ys, step_loss, mask, *, window, chunk_size=None, return_out=False):
         T = jax.tree.leaves(args)[0].shape[0]
@@ -574,6 +574,17 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
         fn = self._jit_cache[key] = jax.jit(run)
         return fn
+
+
+def tree_sum0(x):
+    """``x.sum(0)`` as a pairwise halving tree of contiguous slices: on XLA:CPU a reduce over
+    the leading axis of a large array is several times slower than these adds."""
+    while x.shape[0] > 1:
+        n = x.shape[0]
+        half = n // 2
+        y = x[:half] + x[half:2 * half]
+        x = jnp.concatenate([y, x[2 * half:]]) if n % 2 else y
+    return x[0]
 
 
 def _unflatten_out_seq(graph: ETraceGraph, outs):
