@@ -85,6 +85,8 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self.graph = compile_graph(self.model, *example_inputs, batch_size=batch_size)
         self.batch_size = batch_size
         self._arg_shapes = [tuple(np.shape(a)) for a in jax.tree.leaves(example_inputs)]
+        self._example_sample = (example_inputs if batch_size is None
+                                else jax.tree.map(lambda a: a[0], example_inputs))
         self._arg_tree = jax.tree.structure(example_inputs)
         self._kinds = {i: self.relation_kind(r) for i, r in enumerate(self.graph.relations)}
         self.etrace = EligibilityTrace(self._batch(self._init_sample_traces()))
@@ -218,6 +220,19 @@ class OnlineAlgorithm(brainstate.nn.Module):
         """Broadcast a per-position array of the relation's group to its parameter's shape."""
         x, params, aux = rel.call.unflatten(list(operands))
         return rel.call.out_to_param(rel.param, v, {k: _mantissa(p) for k, p in params.items()}, aux)
+
+    def probe_signals(self) -> StepSignals:
+        """`StepSignals` of one sample at the current state and the example inputs."""
+        g = self.graph
+        mf = g.mf
+        params, hidden, others = mf.values()
+        if self.batch_size is not None:
+            hidden = tuple(v[0] for v in hidden)
+            others = tuple(v[0] if b else v for v, b in zip(others, mf.batched_other))
+        leaves = jax.tree.leaves((params, hidden, others, self._example_sample))
+        n_p, n_h = g.n_param_leaves, g.n_hidden
+        rec = g.run(leaves, record=sorted(g.etp_eqns))[3]
+        return self._signals(leaves[:n_p], leaves[n_p:n_p + n_h], leaves[n_p + n_h:], rec)
 
     # -- per-sample pieces ---------------------------------------------------------------------
 

@@ -42,7 +42,9 @@ def _sum(terms):
     return total
 
 
-def _decay(decay_or_rank) -> float:
+def _decay(decay_or_rank) -> float | str:
+    if decay_or_rank == "auto":
+        return "auto"
     if isinstance(decay_or_rank, bool):
         raise ArgumentError(f"decay_or_rank must be a float in [0, 1) or an int rank >= 1, got {decay_or_rank!r}")
     if isinstance(decay_or_rank, int):
@@ -53,13 +55,42 @@ def _decay(decay_or_rank) -> float:
         if not 0.0 <= decay_or_rank < 1.0:
             raise ArgumentError(f"decay_or_rank as a decay must lie in [0, 1), got {decay_or_rank}")
         return decay_or_rank
-    raise ArgumentError(f"decay_or_rank must be a float in [0, 1) or an int rank >= 1, got {decay_or_rank!r}")
+    raise ArgumentError(f"decay_or_rank must be a float in [0, 1), an int rank >= 1 or 'auto', "
+                        f"got {decay_or_rank!r}")
 
 
 class _TraceRules(OnlineAlgorithm):
     """Both trace kinds; subclasses pick one per relation."""
 
     alpha = 0.0
+
+    def compile_graph(self, *example_inputs, batch_size=None):
+        super().compile_graph(*example_inputs, batch_size=batch_size)
+        self._alphas = {}
+        if self.alpha == "auto":
+            self._alphas = self._measured_leaks()
+        return self
+
+    def alpha_of(self, rel: Relation) -> float:
+        """The input-trace decay of a factorised relation."""
+        return self._alphas.get(rel, 0.0) if self.alpha == "auto" else self.alpha
+
+    def _measured_leaks(self) -> dict:
+        """``alpha = d`` per relation, ``d`` the leak of the group at the example point: the
+        mean of the diagonal of ``D`` over positions, weighted over states by how strongly
+        the operator's output drives each state (``|Df|``). Exact when every unit shares one
+        leak and ``Df`` is constant (shared/design/algorithms.md)."""
+        sig = self.probe_signals()
+        out = {}
+        for rel in self.graph.relations:
+            D = sig.D[rel.group]
+            Df = sig.Df[rel.eqn_index][rel.group]
+            w = [float(jnp.mean(jnp.abs(f))) for f in Df]
+            d = [float(jnp.mean(D[a][a])) for a in range(len(Df))]
+            tot = sum(w)
+            leak = sum(wi * di for wi, di in zip(w, d)) / tot if tot > 0 else max(d)
+            out[rel] = min(max(leak, 0.0), 0.999)
+        return out
 
     def _param_shape(self, rel: Relation):
         return tuple(self.graph.param_leaf_avals[rel.leaf].shape), self.graph.param_leaf_avals[rel.leaf].dtype
@@ -90,7 +121,8 @@ class _TraceRules(OnlineAlgorithm):
         if rel.n_x == 0:
             return {"ex": [], "ef": ef}
         ex_old = trace["ex"][0]
-        ex = self.alpha * ex_old + (1.0 - self.alpha) * ops[0].astype(ex_old.dtype)
+        alpha = self.alpha_of(rel)
+        ex = alpha * ex_old + (1.0 - alpha) * ops[0].astype(ex_old.dtype)
         return {"ex": [ex], "ef": ef}
 
     def io_snapshot(self, rel: Relation, trace, count):
@@ -99,7 +131,7 @@ class _TraceRules(OnlineAlgorithm):
             return None, trace["ef"]
         ex = trace["ex"][0]
         # bias correction by trace step n; alpha^n underflows to 0 and never overflows
-        corr = 1.0 - jnp.power(jnp.asarray(self.alpha, ex.dtype), count.astype(ex.dtype))
+        corr = 1.0 - jnp.power(jnp.asarray(self.alpha_of(rel), ex.dtype), count.astype(ex.dtype))
         return jnp.where(count > 0, ex / jnp.where(count > 0, corr, 1.0), 0.0), trace["ef"]
 
     def relation_history(self, rel: Relation, kind: str, trace, delta, operands, count):
@@ -144,8 +176,10 @@ class ES_D_RTRL(_TraceRules):
 
     Args:
       model: the brainstate model.
-      decay_or_rank: the input trace's decay ``alpha`` in ``[0, 1)``, or an int rank
-        ``r`` giving ``alpha = (r - 1) / (r + 1)``.
+      decay_or_rank: the input trace's decay ``alpha`` in ``[0, 1)``, an int rank
+        ``r`` giving ``alpha = (r - 1) / (r + 1)``, or ``'auto'``: per weight, the leak of
+        the hidden group it drives, measured at compile time (exact for a layer whose units
+        share one leak, see `_measured_leaks`).
 
     Memory per sample ``O(I + O * S)``. The input trace is a normalised, bias-corrected
     average and the output trace follows the exact recursion, so there is no
@@ -162,7 +196,7 @@ class ES_D_RTRL(_TraceRules):
         return "io"
 
     def describe_kind(self, rel, kind):
-        return f"factorised trace (ES-D-RTRL, alpha={self.alpha:g})"
+        return f"factorised trace (ES-D-RTRL, alpha={self.alpha_of(rel):g}{' measured' if self.alpha == 'auto' else ''})"
 
 
 IODimVjpAlgorithm = ES_D_RTRL
@@ -193,4 +227,4 @@ class HybridDimVjpAlgorithm(_TraceRules):
         if kind == "param":
             return "per-parameter trace (smaller than or equal to the factorised one, and exact on the diagonal)"
         why = "no per-parameter trace exists" if not rel.diagonal else "factorised trace is smaller"
-        return f"factorised trace, alpha={self.alpha:g} ({why})"
+        return f"factorised trace, alpha={self.alpha_of(rel):g} ({why})"
