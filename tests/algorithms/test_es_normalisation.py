@@ -88,4 +88,4 @@ def test_no_steady_state_magnitude_bias_with_constant_input(x64, d):
     ratio_ref = float(jnp.linalg.norm(g_ref) / jnp.linalg.norm(g_bptt[w]))
     assert abs(ratio_es - 1) < 1e-6
     assert _cos(g_es[w], g_bptt[w]) > 1 - 1e-9
-    assert ratio_ref == pytest.approx((1 - d) / (1 - alpha * d), rel=1e-6)  # 33%, 82%, 96% too small
+    assert ratio_ref == pytest.approx((1 - d) / (1 - alpha * d), rel=1e-3)  # 33%, 82%, 96% too small
