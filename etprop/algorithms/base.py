@@ -532,6 +532,68 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
     default_window = 1
 
+    def _window_losses(self, step_loss, out, ys, mask):
+        """``mask_t * mean_b step_loss(out_tb, y_tb)`` for each step of a window."""
+        if step_loss is None:
+            return jnp.zeros(mask.shape)
+        batched = self.batch_size is not None
+        per = jax.vmap(jax.vmap(step_loss)) if batched else jax.vmap(step_loss)
+        vals = _mantissa(per(out, ys))
+        return mask * (jnp.mean(vals, axis=1) if batched else vals)
+
+    def train_online(self, xs, ys, step_loss: Callable, optimizer, opt_state=None, *, mask=None):
+        """True online learning: update the parameters with ``optimizer`` at every step.
+
+        Args:
+          xs, ys: inputs and targets, time leading.
+          step_loss: ``step_loss(out, target) -> scalar`` for one sample.
+          optimizer: an optax ``GradientTransformation`` (anything with ``init`` and
+            ``update(grads, state, params)``); gradients are ``{param name: array}``.
+          opt_state: the optimizer state to continue from (``optimizer.init`` if None).
+          mask: optional ``(T,)`` weights of the step losses.
+
+        Returns:
+          ``(opt_state, losses)``; the model's parameters, hidden states and traces advance.
+        """
+        self._require_graph()
+        args = _as_args(xs, multi=True)
+        self._check_args(args, True)
+        T = jax.tree.leaves(args)[0].shape[0]
+        mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
+        params = self.params()
+        if opt_state is None:
+            opt_state = optimizer.init(params)
+        key = ("online", step_loss, optimizer)
+        fn = self._jit_cache.get(key)
+        if fn is None:
+            def run(params, opt_state, hidden, others, traces, args, ys, mask):
+                def body(carry, inp):
+                    p, st, h, o, tr = carry
+                    a, y, m = jax.tree.map(lambda v: v[None], inp)
+
+                    def loss_of(pp):
+                        out, h2, o2, tr2 = self.run_window(pp, h, o, tr, a)
+                        ls = self._window_losses(step_loss, out, y, m)
+                        return jnp.sum(ls), (h2, o2, tr2)
+
+                    (loss, (h2, o2, tr2)), g = jax.value_and_grad(loss_of, has_aux=True)(p)
+                    updates, st = optimizer.update(g, st, p)
+                    p = jax.tree.map(lambda a_, b_: a_ + b_, p, updates)
+                    return (p, st, h2, o2, tr2), loss
+
+                carry, losses = jax.lax.scan(body, (params, opt_state, hidden, others, traces), (args, ys, mask))
+                return carry, losses
+
+            fn = self._jit_cache[key] = jax.jit(run)
+        mf = self.graph.mf
+        _, hidden, others = mf.values()
+        (params, opt_state, hidden, others, traces), losses = fn(params, opt_state, hidden, others,
+                                                                 self.etrace.value, args, ys, mask)
+        self.set_params(params)
+        mf.write(hidden, others)
+        self.etrace.value = traces
+        return opt_state, losses
+
     def _compiled_scan(self, step_loss, window: int | None = None, return_out: bool = False,
                        mode: str = "window"):
         """Jitted ``fn(params, hidden, others, traces, args, ys, mask)`` over ``T = n * window``
@@ -543,14 +605,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         fn = self._jit_cache.get(key)
         if fn is not None:
             return fn
-        batched = self.batch_size is not None
-
-        def window_losses(out, ys, mask):
-            if step_loss is None:
-                return jnp.zeros(mask.shape)
-            per = jax.vmap(jax.vmap(step_loss)) if batched else jax.vmap(step_loss)
-            vals = _mantissa(per(out, ys))
-            return mask * (jnp.mean(vals, axis=1) if batched else vals)
+        window_losses = lambda out, ys, mask: self._window_losses(step_loss, out, ys, mask)
 
         def run(params, hidden, others, traces, args, ys, mask):
             T = mask.shape[0]
