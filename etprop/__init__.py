@@ -2,7 +2,8 @@
 
 from etprop.algorithms import (BPTT, D_RTRL, ES_D_RTRL, HybridDimVjpAlgorithm, IODimVjpAlgorithm,
                                OnlineAlgorithm, ParamDimVjpAlgorithm, pp_prop)
-from etprop.errors import ArgumentError, CompilationError, EtpropError, NotSupportedError, OperandError
+from etprop.errors import (ArgumentError, CompilationError, EtpropError, NotSupportedError, NumericalError,
+                           OperandError)
 from etprop.grad import GradExpon
 from etprop.graph import ETraceGraph, HiddenGroup, Relation, compile_graph
 from etprop.input_data import MultiStepData, SingleStepData
@@ -25,5 +26,5 @@ __all__ = [
     "compile", "OnlineAlgorithm", "D_RTRL", "ParamDimVjpAlgorithm", "ES_D_RTRL", "IODimVjpAlgorithm", "pp_prop",
     "HybridDimVjpAlgorithm", "BPTT", "compile_graph", "ETraceGraph", "HiddenGroup", "Relation",
     # errors
-    "EtpropError", "NotSupportedError", "CompilationError", "OperandError", "ArgumentError",
+    "EtpropError", "NotSupportedError", "CompilationError", "OperandError", "ArgumentError", "NumericalError",
 ]

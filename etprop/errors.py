@@ -1,6 +1,7 @@
 """The library's exceptions; every error etprop raises on purpose derives from `EtpropError`."""
 
-__all__ = ["EtpropError", "NotSupportedError", "CompilationError", "OperandError", "ArgumentError"]
+__all__ = ["EtpropError", "NotSupportedError", "CompilationError", "OperandError", "ArgumentError",
+           "NumericalError"]
 
 
 class EtpropError(Exception):
@@ -27,3 +28,7 @@ class OperandError(EtpropError, ValueError):
 
 class ArgumentError(EtpropError, ValueError):
     """An argument of an etprop function or class is invalid (wrong type, range or unit)."""
+
+
+class NumericalError(EtpropError, FloatingPointError):
+    """A loss, gradient or state became NaN or infinite; the message names where."""

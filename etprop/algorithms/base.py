@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.errors import ArgumentError, NotSupportedError, OperandError
+from etprop.errors import ArgumentError, NotSupportedError, NumericalError, OperandError
 from etprop.graph._jaxpr import bind_eqn
 from etprop.graph.compiler import ETraceGraph, Relation, compile_graph
 from etprop.input_data import MultiStepData, SingleStepData
@@ -461,6 +461,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         seq = jax.tree.map(lambda a: jnp.expand_dims(a, 0), args)
         ys = None if target is None else jax.tree.map(lambda a: jnp.expand_dims(a, 0), target)
         grads, losses, out = self._run_sequence(seq, ys, loss_fn, None, window=1, return_out=True)
+        self._check_finite("step", args, grads, losses)
         return jax.tree.map(lambda a: a[0], out), grads, losses[0]
 
     def etrace_grad(self, xs, ys=None, step_loss: Callable | None = None, *, mask=None, window: int = 1,
@@ -487,6 +488,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         args = _as_args(xs, multi=True)
         self._check_args(args, True)
         grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, chunk_size=chunk_size)
+        self._check_finite("etrace_grad", args, grads, losses)
         total = jnp.sum(losses)
         return (grads, total, losses) if return_losses else (grads, total)
 
@@ -531,6 +533,35 @@ class OnlineAlgorithm(brainstate.nn.Module):
         return grads, losses
 
     default_window = 1
+
+    def _check_finite(self, where: str, args, grads, losses) -> None:
+        """Raise `NumericalError` naming the first non-finite thing, never return NaN silently."""
+        leaves = jax.tree.leaves((grads, losses, args, self.params()))
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            return  # inside a user's transformation: nothing concrete to check
+        if all(bool(jnp.all(jnp.isfinite(_mantissa(x)))) for x in leaves
+               if jnp.issubdtype(jnp.result_type(_mantissa(x)), jnp.inexact)):
+            return
+        bad = lambda tree: not all(bool(jnp.all(jnp.isfinite(_mantissa(x)))) for x in jax.tree.leaves(tree)
+                                   if jnp.issubdtype(jnp.result_type(_mantissa(x)), jnp.inexact))
+        mf = self.graph.mf
+        if bad(args):
+            raise NumericalError(f"{where}: the inputs contain NaN or inf")
+        for name, v in self.params().items():
+            if bad(v):
+                raise NumericalError(f"{where}: parameter '{name}' is NaN or inf (a diverged update? lower the "
+                                     f"learning rate or clip gradients)")
+        for st in mf.hidden_states:
+            if bad(st.value):
+                raise NumericalError(f"{where}: hidden state '{mf.name(st)}' became NaN or inf; the dynamics "
+                                     f"diverged (check time constants, input scale and weights)")
+        if bad(losses):
+            raise NumericalError(f"{where}: the loss is NaN or inf while inputs, parameters and hidden states "
+                                 f"are finite; check the loss function (log of 0? division by 0?)")
+        for name, g in grads.items():
+            if bad(g):
+                raise NumericalError(f"{where}: the gradient of '{name}' is NaN or inf while the forward pass is "
+                                     f"finite; check surrogate gradients and weight transforms")
 
     def _window_losses(self, step_loss, out, ys, mask):
         """``mask_t * mean_b step_loss(out_tb, y_tb)`` for each step of a window."""
@@ -592,6 +623,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self.set_params(params)
         mf.write(hidden, others)
         self.etrace.value = traces
+        self._check_finite("train_online", args, self.params(), losses)
         return opt_state, losses
 
     def _compiled_scan(self, step_loss, window: int | None = None, return_out: bool = False,

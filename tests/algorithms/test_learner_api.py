@@ -165,3 +165,17 @@ def test_chunked_closed_form_equals_per_step(x64, algo, B):
         assert np.isclose(l, ref[1], rtol=1e-12)
         assert _rel_err(g, ref[0]) < 1e-10, chunk
         assert _rel_err(tr, ref[2]) < 1e-10, chunk
+
+
+def test_nan_is_a_clear_error_not_a_number():
+    xs, ys = _data(3, 2, T=4, B=None)
+    learner = etprop.compile(ElementwiseRNN(3, 5, 2), etprop.D_RTRL, xs[0])
+    with pytest.raises(etprop.NumericalError, match="inputs contain NaN"):
+        learner.etrace_grad(xs.at[2, 1].set(jnp.nan), ys, mse)
+    learner = etprop.compile(ElementwiseRNN(3, 5, 2), etprop.D_RTRL, xs[0])
+    with pytest.raises(etprop.NumericalError, match="loss is NaN"):
+        learner.etrace_grad(xs, ys, lambda o, y: jnp.sum(jnp.log(o - o)))
+    learner = etprop.compile(ElementwiseRNN(3, 5, 2), etprop.D_RTRL, xs[0])
+    learner.set_params({**learner.params(), "w": learner.params()["w"].at[0, 0].set(jnp.inf)})
+    with pytest.raises(etprop.NumericalError, match="parameter 'w'"):
+        learner.step(xs[0], ys[0], mse)
