@@ -464,9 +464,19 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self._check_finite("step", args, grads, losses)
         return jax.tree.map(lambda a: a[0], out), grads, losses[0]
 
-    def etrace_grad(self, xs, ys=None, step_loss: Callable | None = None, *, mask=None, window: int = 1,
-                    chunk_size: int | None = None, return_losses=False):
+    def etrace_grad(self, xs=None, ys=None, step_loss: Callable | None = None, *sequences, mask=None,
+                    window: int = 1, chunk_size: int | None = None, return_losses=False,
+                    step_fn: Callable | None = None, reduction: str = "sum"):
         """Scan a sequence, advancing traces, and accumulate online gradients.
+
+        Two calling conventions:
+
+        * ``etrace_grad(xs, ys, step_loss)``: etprop runs the model; fastest (closed-form
+          chunks) and what the benchmarks time.
+        * ``etrace_grad(*sequences, step_fn=f)``, the braintrace convention: ``f(*slices)``
+          runs the model itself by calling the learner once and returns the step's loss;
+          gradients by `brainstate.transform.grad` through the learner call, summed over
+          steps (``reduction='sum'``) or divided by the total mask weight (``'mean'``).
 
         Args:
           xs: inputs with time leading (an array, a tuple, or `MultiStepData`).
@@ -485,12 +495,51 @@ class OnlineAlgorithm(brainstate.nn.Module):
           per-step losses.
         """
         self._require_graph()
+        if step_fn is not None:
+            seqs = tuple(a for a in (xs, ys, step_loss) if a is not None) + sequences
+            grads, losses = self._etrace_grad_step_fn(seqs, step_fn, mask, reduction)
+            return (grads, jnp.sum(losses), losses) if return_losses else (grads, jnp.sum(losses))
         args = _as_args(xs, multi=True)
         self._check_args(args, True)
         grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, chunk_size=chunk_size)
         self._check_finite("etrace_grad", args, grads, losses)
         total = jnp.sum(losses)
         return (grads, total, losses) if return_losses else (grads, total)
+
+    def _etrace_grad_step_fn(self, seqs, step_fn, mask, reduction):
+        if reduction not in ("sum", "mean"):
+            raise ArgumentError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        if not seqs:
+            raise ArgumentError("etrace_grad(*sequences, step_fn=...) needs at least one sequence")
+        lengths = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(seqs)}
+        if len(lengths) != 1 or None in lengths:
+            raise ArgumentError(f"all sequences need one leading time length, got {sorted(map(str, lengths))}")
+        T = lengths.pop()
+        mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
+        if mask.shape != (T,):
+            raise ArgumentError(f"mask must have shape ({T},), got {mask.shape}")
+        states = self.param_states()
+        key = ("step_fn", step_fn)
+        fn = self._jit_cache.get(key)
+        if fn is None:
+            grad_fn = brainstate.transform.grad(step_fn, grad_states=states, return_value=True)
+
+            def body(acc, inp):
+                sl, m = inp
+                g, loss = grad_fn(*sl)
+                return jax.tree.map(lambda a, b: a + m * b, acc, g), m * _mantissa(loss)
+
+            def run(seqs, mask):
+                zero = jax.tree.map(jnp.zeros_like, {k: s.value for k, s in states.items()})
+                return brainstate.transform.scan(body, zero, (seqs, mask))
+
+            fn = self._jit_cache[key] = brainstate.transform.jit(run)
+        grads, losses = fn(seqs, mask)
+        if reduction == "mean":
+            scale = 1.0 / jnp.maximum(jnp.sum(mask), 1.0)
+            grads = jax.tree.map(lambda g: g * scale, grads)
+        self._check_finite("etrace_grad", seqs, grads, losses)
+        return grads, losses
 
     def etrace_evolve(self, xs, *, chunk_size: int | None = None):
         """Run a sequence without a loss (warm-up): hidden states and traces advance.

@@ -179,3 +179,22 @@ def test_nan_is_a_clear_error_not_a_number():
     learner.set_params({**learner.params(), "w": learner.params()["w"].at[0, 0].set(jnp.inf)})
     with pytest.raises(etprop.NumericalError, match="parameter 'w'"):
         learner.step(xs[0], ys[0], mse)
+
+
+def test_braintrace_calling_convention_step_fn(x64):
+    """etrace_grad(*sequences, step_fn=f) with f calling the learner: the port is an import change."""
+    xs, ys = _data(4, 2, T=7, B=3, scale=1.5)
+    learner = etprop.compile(_batched(ALIF(4, 6, 2), 3), etprop.D_RTRL, xs[0], batch_size=3)
+
+    def step_fn(x, y):
+        return jnp.mean(jax.vmap(mse)(learner(x), y))
+
+    g_fn, l_fn = learner.etrace_grad(xs, ys, step_fn=step_fn)
+    g_ref, l_ref, _ = _grads(lambda: ALIF(4, 6, 2), etprop.D_RTRL, xs, ys, 3)
+    assert np.isclose(l_fn, l_ref) and _rel_err(g_fn, g_ref) < 1e-10
+    mask = jnp.arange(7.0) % 2
+    learner.reset()
+    g_mean, _ = learner.etrace_grad(xs, ys, step_fn=step_fn, mask=mask, reduction="mean")
+    learner.reset()
+    g_sum, _ = learner.etrace_grad(xs, ys, step_fn=step_fn, mask=mask)
+    assert _rel_err(g_mean, jax.tree.map(lambda g: g / 3.0, g_sum)) < 1e-12
