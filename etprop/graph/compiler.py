@@ -240,8 +240,11 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
             if h_shapes[k] == h_shapes[j]:
                 parent[find(k)] = find(j)
             else:
-                notes.append(f"hidden '{mf.hidden_names[k]}' {h_shapes[k]} drives '{mf.hidden_names[j]}' "
-                             f"{h_shapes[j]} across groups; diagonal traces drop that path")
+                note = (f"hidden '{mf.hidden_names[k]}' {h_shapes[k]} drives '{mf.hidden_names[j]}' "
+                        f"{h_shapes[j]}: states of different shapes cannot share a group, so diagonal traces "
+                        f"drop that path (an approximation; compare with etprop.BPTT, or give both states one shape)")
+                notes.append(note)
+                warnings.warn(f"etprop: {note}", stacklevel=3)
     roots = sorted({find(i) for i in range(n_h)})
     members = {r: tuple(i for i in range(n_h) if find(i) == r) for r in roots}
     groups, hidden_group = [], [0] * n_h
@@ -255,6 +258,7 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
     # relations: ETP output -> groups it drives
     relations, untraced = [], {}
     invar_index = {v: i for i, v in enumerate(jaxpr.invars)}
+    pdep = _jaxpr.dependencies(jaxpr, {v: {i} for i, v in enumerate(jaxpr.invars[:n_p])})
     drives = {idx: set() for idx in etp}
     for j, v in enumerate(h_out):
         for kind, k in deps_of(v):
@@ -269,7 +273,13 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
             var = p_ops[pname]
             leaf = invar_index.get(var)
             if leaf is None or leaf >= n_p:
-                continue  # computed operand: reported below via leaves never traced
+                # computed outside the operator: name the parameters it came from
+                for src in sorted(deps_of_in(pdep, var)):
+                    fn_kw = "kernel_fn" if pname == "kernel" else f"{pname}_fn" if pname != "weight" else "weight_fn"
+                    untraced.setdefault(leaf_names[src], (
+                        f"transformed outside {call.primitive.name} before use as its '{pname}'; pass the "
+                        f"transform as {fn_kw}=... so the operator sees the raw parameter"))
+                continue
             lname = leaf_names[leaf]
             gs = sorted(drives[idx])
             if not gs:

@@ -169,17 +169,25 @@ def test_d_rtrl_identity_property(n_in, n_hid, T, seed):
         jax.config.update("jax_enable_x64", prev)
 
 
-# ES-D-RTRL: an approximation; floors measured on these models (see the closing note)
-ES_FLOORS = {"elementwise_rnn": 0.9, "lif_exp_synapse": 0.9, "alif": 0.9}
+# Approximations: cosine to BPTT measured on these models (T=20, B=4, seed 1): ES-D-RTRL
+# (alpha 0.9) 0.9993 / 0.9983 / 0.9988 / 0.9676, D-RTRL on the dense GRU 0.9884. Floors below.
+APPROX = {
+    ("elementwise_rnn", "es"): 0.995, ("lif_exp_synapse", "es"): 0.99, ("alif", "es"): 0.99,
+    ("dense_gru", "es"): 0.95, ("dense_gru", "d_rtrl"): 0.98,
+}
+_APPROX_MODELS = dict(MODELS, dense_gru=(lambda: DenseGRU(3, 8, 2), 3, 2))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_es_d_rtrl_cosine_floor(x64, name):
-    make, n_in, n_out = MODELS[name]
+@pytest.mark.parametrize("name,algo", sorted(APPROX))
+def test_approximation_cosine_floor(x64, name, algo):
+    make, n_in, n_out = _APPROX_MODELS[name]
     xs, ys = _data(n_in, n_out, T=20, B=4, scale=1.5)
-    g_es, _, _ = _grads(make, etprop.ES_D_RTRL, xs, ys, 4, decay_or_rank=0.9)
+    if algo == "es":
+        g, _, _ = _grads(make, etprop.ES_D_RTRL, xs, ys, 4, decay_or_rank=0.9)
+    else:
+        g, _, _ = _grads(make, etprop.D_RTRL, xs, ys, 4)
     g_bptt, _, _ = _grads(make, etprop.BPTT, xs, ys, 4)
-    assert _cos(g_es, g_bptt) >= ES_FLOORS[name]
+    assert _cos(g, g_bptt) >= APPROX[(name, algo)]
 
 
 def test_reset_returns_hidden_and_traces_to_start(x64):

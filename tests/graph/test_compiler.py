@@ -137,3 +137,28 @@ def test_es_decay_validation():
     with pytest.raises(etprop.ArgumentError):
         etprop.ES_D_RTRL(ElementwiseRNN(3, 4, 2), decay_or_rank=0)
     assert etprop.ES_D_RTRL(ElementwiseRNN(3, 4, 2), decay_or_rank=3).alpha == 0.5
+
+
+class TransformOutside(bs.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = bs.ParamState(jnp.ones((3, 4)))
+        self.h = bs.HiddenState(jnp.zeros(4))
+
+    def update(self, x):
+        self.h.value = 0.5 * self.h.value + etprop.matmul(x, jnp.abs(self.w.value))
+        return self.h.value
+
+
+class TransformInside(TransformOutside):
+    def update(self, x):
+        self.h.value = 0.5 * self.h.value + etprop.matmul(x, self.w.value, weight_fn=jnp.abs)
+        return self.h.value
+
+
+def test_weight_transformed_outside_the_operator_is_explained():
+    learner = etprop.compile(TransformOutside(), etprop.D_RTRL, jnp.ones(3))
+    assert learner.graph.relations == ()
+    assert "pass the transform as weight_fn" in learner.graph.untraced["w"]
+    inside = etprop.compile(TransformInside(), etprop.D_RTRL, jnp.ones(3))
+    assert [r.leaf_name for r in inside.graph.relations] == ["w"]
