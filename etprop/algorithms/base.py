@@ -327,15 +327,6 @@ class OnlineAlgorithm(brainstate.nn.Module):
                          in_axes=(0, oax, 0, 1), out_axes=(1, 0, oax, 0, (None, 0)))
             return f(h, o, tr, a)
 
-        @jax.custom_vjp
-        def window(p, h, o, tr, a):
-            outs, h2, o2, tr2, _ = fwd_impl(p, h, o, tr, a)
-            return outs, h2, o2, tr2
-
-        def window_fwd(p, h, o, tr, a):
-            outs, h2, o2, tr2, ops0 = fwd_impl(p, h, o, tr, a)
-            return (outs, h2, o2, tr2), (p, h, o, tr, a, ops0)
-
         def plain(hh, pl, o, a):
             if not batched:
                 return self._sample_window_plain(pl, hh, o, a)
@@ -356,11 +347,9 @@ class OnlineAlgorithm(brainstate.nn.Module):
                 hist = self.relation_history(rel, self._kinds[i], tr["rel"][i], [delta[m] for m in members],
                                              ops, count)
                 grads[rel.leaf] = grads[rel.leaf] + hist.astype(grads[rel.leaf].dtype)
-            zeros = lambda tree: jax.tree.map(_zero_cotangent, tree)
-            return list(grads), zeros(h), zeros(o), zeros(tr), zeros(a)
+            return grads
 
-        window.defvjp(window_fwd, window_bwd)
-        return window
+        return online_custom_vjp(fwd_impl, window_bwd)
 
     def _split(self, params, hidden, others):
         p_leaves = jax.tree.leaves(self._param_tuple(params))
@@ -725,6 +714,31 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
         fn = self._jit_cache[key] = jax.jit(run)
         return fn
+
+
+def online_custom_vjp(fwd_impl, param_grads):
+    """``fn(p, h, o, tr, a) -> (outs, h', o', tr')`` whose VJP gives only parameter gradients.
+
+    ``fwd_impl`` returns ``(outs, h', o', tr', residuals)``; ``param_grads((p, h, o, tr, a,
+    residuals), cotangents)`` returns the parameter gradient leaves. No cotangent flows to
+    the initial states, traces or inputs: across calls, credit is carried by the traces.
+    """
+
+    @jax.custom_vjp
+    def fn(p, h, o, tr, a):
+        return fwd_impl(p, h, o, tr, a)[:4]
+
+    def fwd(p, h, o, tr, a):
+        outs, h2, o2, tr2, res = fwd_impl(p, h, o, tr, a)
+        return (outs, h2, o2, tr2), (p, h, o, tr, a, res)
+
+    def bwd(res, cts):
+        zeros = lambda tree: jax.tree.map(_zero_cotangent, tree)
+        _, h, o, tr, a, _ = res
+        return list(param_grads(res, cts)), zeros(h), zeros(o), zeros(tr), zeros(a)
+
+    fn.defvjp(fwd, bwd)
+    return fn
 
 
 def tree_sum0(x):

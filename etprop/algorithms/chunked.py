@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from etprop.algorithms.base import _zero_cotangent
+from etprop.algorithms.base import online_custom_vjp
 
 __all__ = ["make_chunk"]
 
@@ -92,15 +92,6 @@ def make_chunk(algo):
                      out_axes=(1, 0, oax, 0, (1, stacked_o, 1, None, 1)))
         return f(h, o, tr, a)
 
-    @jax.custom_vjp
-    def chunk(p, h, o, tr, a):
-        outs, h2, o2, tr2, _ = fwd_impl(p, h, o, tr, a)
-        return outs, h2, o2, tr2
-
-    def chunk_fwd(p, h, o, tr, a):
-        outs, h2, o2, tr2, res = fwd_impl(p, h, o, tr, a)
-        return (outs, h2, o2, tr2), (p, h, o, tr, a, res)
-
     def step_outs(pl, hk, ok, ak):
         return g.run(list(pl) + list(hk) + list(ok) + list(ak))[0]
 
@@ -131,11 +122,9 @@ def make_chunk(algo):
             else:
                 hist = _param_chunk_history(algo, rel, tr["rel"][i], recs[i], d, ops, flat_ops, n, batched)
             grads[rel.leaf] = grads[rel.leaf] + hist.astype(grads[rel.leaf].dtype)
-        zeros = lambda tree: jax.tree.map(_zero_cotangent, tree)
-        return list(grads), zeros(h), zeros(o), zeros(tr), zeros(a)
+        return grads
 
-    chunk.defvjp(chunk_fwd, chunk_bwd)
-    return chunk
+    return online_custom_vjp(fwd_impl, chunk_bwd)
 
 
 def _matmul_rows(M, D, S):
