@@ -2,10 +2,8 @@
 
 Everything here uses `jax.extend.core` objects (equations, vars, literals) and
 ``Primitive.bind``, as in JAX's documented custom-interpreter pattern. No jaxpr is
-rewritten; the evaluator re-binds each equation, adding three hooks:
+rewritten; the evaluator re-binds each equation, adding two hooks:
 
-* ``out_pert``: a perturbation added to chosen jaxpr outputs the moment their value
-  is produced, so every later consumer sees it (gives ``dL/dh^t`` by a VJP);
 * ``etp_pert``: a perturbation added to the output of chosen ETP equations
   (gives ``dh/dy`` by a JVP);
 * ``cut``: ``stop_gradient`` on the ``x`` operand of every ETP equation, which
@@ -41,7 +39,6 @@ def _read(env, v):
 
 
 def eval_hooked(closed: jcore.ClosedJaxpr, args: Sequence, *,
-                out_pert: Mapping[int, jax.Array] | None = None,
                 etp_pert: Mapping[int, jax.Array] | None = None,
                 etp_n_x: Mapping[int, int] | None = None,
                 cut: bool = False,
@@ -49,7 +46,6 @@ def eval_hooked(closed: jcore.ClosedJaxpr, args: Sequence, *,
     """Evaluate ``closed`` on ``args`` with hooks.
 
     Args:
-      out_pert: ``{output index: perturbation}``.
       etp_pert: ``{equation index: perturbation of its single output}``.
       etp_n_x: ``{equation index: number of leading operands that form x}``; used by ``cut``.
       cut: stop gradients through the ``x`` operands of the equations in ``etp_n_x``.
@@ -64,16 +60,6 @@ def eval_hooked(closed: jcore.ClosedJaxpr, args: Sequence, *,
         env[v] = c
     for v, a in zip(jaxpr.invars, args):
         env[v] = a
-    pert_of_var = {}
-    out_pert = dict(out_pert or {})
-    for i, p in out_pert.items():
-        v = jaxpr.outvars[i]
-        if isinstance(v, jcore.Literal):
-            continue
-        pert_of_var[v] = pert_of_var[v] + p if v in pert_of_var else p
-    for v in list(pert_of_var):
-        if v in env:  # an output that is an input (state not rewritten)
-            env[v] = env[v] + pert_of_var.pop(v)
     etp_pert = etp_pert or {}
     etp_n_x = etp_n_x or {}
     record = set(record)
@@ -91,8 +77,6 @@ def eval_hooked(closed: jcore.ClosedJaxpr, args: Sequence, *,
         for v, o in zip(eqn.outvars, outs):
             if isinstance(v, jcore.DropVar):
                 continue
-            if v in pert_of_var:
-                o = o + pert_of_var[v]
             env[v] = o
     return [_read(env, v) for v in jaxpr.outvars], recorded
 
