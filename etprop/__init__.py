@@ -12,6 +12,7 @@ from etprop.operators import (conv, einsum, element_wise, embedding, grouped_mat
 from etprop.learner import compile
 from etprop.primitive import ETPCall, ETPPrimitive, get_primitive, lookup_call, register_primitive
 from etprop.trace_state import EligibilityTrace
+from etprop import nn  # noqa: E402  (layers build on everything above)
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,8 @@ __all__ = [
     # online learning
     "compile", "OnlineAlgorithm", "D_RTRL", "ParamDimVjpAlgorithm", "ES_D_RTRL", "IODimVjpAlgorithm", "pp_prop",
     "HybridDimVjpAlgorithm", "BPTT", "compile_graph", "ETraceGraph", "HiddenGroup", "Relation",
+    # layers
+    "nn",
     # errors
     "EtpropError", "NotSupportedError", "CompilationError", "OperandError", "ArgumentError", "NumericalError",
 ]

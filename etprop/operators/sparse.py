@@ -2,13 +2,20 @@
 
 Format: `jax.experimental.sparse` BCOO (BCSR accepted and converted). Why this
 rather than brainevent CSR: it ships with JAX (no extra dependency whose version
-must track jaxlib), its ``bcoo_dot_general`` has JVP, transpose and batching rules
-on CPU and GPU, and the COO column index of each stored value is exactly the
+must track jaxlib), and the COO column index of each stored value is exactly the
 output position the value drives, which is what the per-parameter trace needs.
+
+The product is the COO matrix-vector product written with the structure's
+``(row, col)`` indices: a gather of ``x`` at the rows, times the values, summed into
+the columns by `jax.ops.segment_sum`. ``x @ bcoo`` (``bcoo_dot_general``) computes
+the same, but its transpose rule in JAX 0.10 fails under `jax.vmap` when the values
+are shared across the mapped axis, which is how the online learners take
+parameter gradients over a batch.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax.experimental import sparse as jsparse
 
@@ -20,8 +27,10 @@ __all__ = ["sparse_matmul"]
 
 
 def _forward(x, params, aux, *, shape):
-    mat = jsparse.BCOO((params["weight"], aux["indices"]), shape=shape)
-    y = x @ mat
+    rows, cols = aux["indices"][:, 0], aux["indices"][:, 1]
+    contrib = jnp.take(x, rows, axis=-1) * params["weight"]  # (..., nse)
+    y = jax.ops.segment_sum(jnp.moveaxis(contrib, -1, 0), cols, num_segments=shape[1])
+    y = jnp.moveaxis(y, 0, -1)
     return y if "bias" not in params else y + params["bias"]
 
 

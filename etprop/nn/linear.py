@@ -1,0 +1,484 @@
+r"""Connection layers built on the ETP operators.
+
+Every layer keeps its trainable arrays as `brainstate.ParamState` (one per array, so a
+parameter is named ``<layer>.weight``, ``<layer>.bias``, ...) and computes its output
+with an ETP operator, so the weights learn online wherever the output drives a hidden
+state element-wise. Constraints (a connectivity mask, Dale's law) are applied *inside*
+the operator through its ``weight_fn`` hook: the operator, and so the eligibility trace
+and the gradient, see the **raw** parameter.
+
+Layers are stateless (no hidden state); they are usually called from a cell or neuron's
+``update``.
+
+Initialisers
+------------
+Every ``*_init`` argument is either an array of the parameter's shape or a callable
+``init(key, shape, dtype) -> array``, the signature of `jax.nn.initializers`
+(``jax.nn.initializers.lecun_normal()``, ``orthogonal()``, ``zeros``, ...). The random
+key comes from ``key``: an ``int`` seed, a JAX PRNG key, or ``None`` for a key drawn from
+brainstate's global generator (`brainstate.random.split_key`). Arrays are created in
+JAX's default float dtype (float32, or float64 under ``jax_enable_x64``).
+
+==================  ============================  =================================  =====================
+layer               operator                      parameters                         D-RTRL trace kind
+==================  ============================  =================================  =====================
+`Linear`            `etprop.matmul`               weight (I, O), bias (O,)           per-parameter
+`SparseLinear`      `etprop.sparse_matmul`        weight (nse,), bias (O,)           per-parameter
+`LoRA`              `etprop.lora_matmul`          B (I, r), A (r, O), bias (O,)      A, bias: per-parameter;
+                                                                                     B: factorised
+`Conv1d/2d/3d`      `etprop.conv`                 weight (*K, C/g, O), bias (O,)     factorised
+`Embedding`         `etprop.embedding`            weight (V, F)                      per-parameter
+`GroupedLinear`     `etprop.grouped_matmul`       weight (G, I, O), bias (G, O)      per-parameter
+==================  ============================  =================================  =====================
+
+"Per-parameter" means every element of the parameter drives one output position, so
+D-RTRL can keep an exact per-element trace; a parameter whose elements drive several
+positions (a conv kernel, LoRA's down-projection) gets the factorised (ES-D-RTRL) trace
+under every algorithm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import brainstate
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import sparse as jsparse
+
+import etprop
+from etprop.errors import ArgumentError
+
+__all__ = ["Linear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding", "GroupedLinear",
+           "as_key", "init_array"]
+
+Init = Callable | jax.Array | np.ndarray | None
+
+
+# -- initialisation helpers ----------------------------------------------------------------------
+
+def as_key(key=None) -> jax.Array:
+    """A PRNG key from an ``int`` seed, a key (returned as is) or ``None`` (brainstate's global RNG)."""
+    if key is None:
+        return brainstate.random.split_key()
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    return key
+
+
+def default_float():
+    """JAX's default float dtype: float32, or float64 under ``jax_enable_x64``."""
+    return jnp.zeros(()).dtype
+
+
+def init_array(init: Init, key, shape: Sequence[int], name: str, dtype=None) -> jax.Array:
+    """Create a parameter value from ``init`` (an array or ``init(key, shape, dtype)``)."""
+    shape = tuple(int(s) for s in shape)
+    dtype = default_float() if dtype is None else dtype
+    if callable(init):
+        value = init(key, shape, dtype)
+    else:
+        value = jnp.asarray(init, dtype)
+    if tuple(value.shape) != shape:
+        raise ArgumentError(f"the initial value of '{name}' has shape {tuple(value.shape)}, expected {shape}")
+    return jnp.asarray(value, dtype)
+
+
+def _keys(key, n: int):
+    return list(jax.random.split(as_key(key), n))
+
+
+def _as_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ArgumentError(f"'{name}' must be a positive int, got {v!r}")
+    return int(v)
+
+
+def _maybe_param(enabled, init, key, shape, name):
+    return brainstate.ParamState(init_array(init, key, shape, name)) if enabled else None
+
+
+def _value(state):
+    return None if state is None else state.value
+
+
+_lecun = jax.nn.initializers.lecun_normal()
+_zeros = jax.nn.initializers.zeros
+
+
+# -- Linear ----------------------------------------------------------------------------------------
+
+def _constraint_fn(mask, sign):
+    """``w -> sign * |w| * mask`` (each factor only if given): built once per layer so every
+    call shares one ETP call specialisation."""
+    if mask is None and sign is None:
+        return None
+
+    def weight_fn(w):
+        if sign is not None:
+            w = jnp.abs(w) * sign.astype(w.dtype)
+        if mask is not None:
+            w = w * mask.astype(w.dtype)
+        return w
+
+    return weight_fn
+
+
+class Linear(brainstate.nn.Module):
+    r"""Dense layer :math:`y = x\,W_\text{eff} + b` through `etprop.matmul`.
+
+    .. math::
+
+        W_\text{eff} = s \odot |W| \odot M
+
+    where the mask :math:`M` (``w_mask``) and the Dale's-law sign :math:`s` (``sign``) are
+    optional; without them :math:`W_\text{eff} = W`. Both are applied by the operator's
+    ``weight_fn``, so the trace and the gradient are with respect to the raw weight
+    :math:`W`: a masked-out element gets a zero gradient and keeps its raw value; with a
+    sign the effective weight's sign never flips, whatever the update of :math:`W`.
+
+    Args:
+      in_size, out_size: numbers of inputs ``I`` and outputs ``O``.
+      bias: learn a bias ``(O,)``.
+      w_mask: optional ``(I, O)`` 0/1 (or bool) connectivity mask.
+      sign: optional Dale's-law signs of the presynaptic units, ``(I,)`` of ``+1``
+        (excitatory) / ``-1`` (inhibitory), or a full ``(I, O)`` array of signs.
+      w_init: initial weight, default LeCun normal (std ``1/sqrt(I)``).
+      b_init: initial bias, default zeros.
+      key: seed or PRNG key for the initialisers (see module doc).
+
+    States: none. Parameters: ``weight`` ``(I, O)``, ``bias`` ``(O,)``.
+
+    Online learning: when ``y`` drives a hidden state element-wise (e.g. the input current
+    of a neuron), ``weight`` and ``bias`` are traced; D-RTRL keeps a per-parameter trace
+    (each ``W[i, o]`` drives output ``o`` only). A readout whose output reaches no hidden
+    state is not traced and gets its exact per-step gradient.
+    """
+
+    def __init__(self, in_size: int, out_size: int, bias: bool = True, w_mask=None, sign=None, *,
+                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
+        super().__init__(name=name)
+        self.in_features = _as_int(in_size, "in_size")
+        self.out_features = _as_int(out_size, "out_size")
+        self.in_size, self.out_size = (self.in_features,), (self.out_features,)
+        shape = (self.in_features, self.out_features)
+        k_w, k_b = _keys(key, 2)
+        self.weight = brainstate.ParamState(init_array(_lecun if w_init is None else w_init, k_w, shape, "weight"))
+        self.bias = _maybe_param(bias, _zeros if b_init is None else b_init, k_b, (self.out_features,), "bias")
+        self.w_mask = None if w_mask is None else _check_mask(w_mask, shape)
+        self.sign = None if sign is None else _check_sign(sign, shape)
+        self._weight_fn = _constraint_fn(self.w_mask, self.sign)
+
+    @property
+    def effective_weight(self) -> jax.Array:
+        """The weight the layer multiplies by (mask and sign applied)."""
+        w = self.weight.value
+        return w if self._weight_fn is None else self._weight_fn(w)
+
+    def update(self, x):
+        """``x``: ``(I,)`` or ``(B, I)`` -> ``(O,)`` or ``(B, O)``."""
+        return etprop.matmul(x, self.weight.value, _value(self.bias), weight_fn=self._weight_fn)
+
+
+def _check_mask(mask, shape):
+    m = jnp.asarray(mask)
+    if tuple(m.shape) != shape:
+        raise ArgumentError(f"Linear: 'w_mask' has shape {tuple(m.shape)}, expected {shape} (in, out)")
+    return m
+
+
+def _check_sign(sign, shape):
+    s = np.asarray(sign)
+    if s.shape == shape[:1]:
+        s = s[:, None]
+    elif s.shape != shape:
+        raise ArgumentError(f"Linear: 'sign' has shape {s.shape}, expected {shape[:1]} (one sign per input "
+                            f"unit, Dale's law) or {shape}")
+    if not np.all(np.isin(s, (-1, 1))):
+        raise ArgumentError("Linear: 'sign' must contain only +1 (excitatory) and -1 (inhibitory)")
+    return jnp.asarray(s)
+
+
+# -- SparseLinear ----------------------------------------------------------------------------------
+
+class SparseLinear(brainstate.nn.Module):
+    r"""Sparse layer :math:`y = x\,S(w) + b` through `etprop.sparse_matmul`.
+
+    :math:`S(w)` is the ``(I, O)`` matrix with a fixed sparsity structure whose stored
+    values are the trainable vector :math:`w` (``nse`` entries, in the order of the
+    structure's indices); absent connections stay exactly zero.
+
+    Args:
+      sparse_mat: the structure: a `jax.experimental.sparse.BCOO` (or BCSR) of shape
+        ``(I, O)``, or a pair ``(indices, shape)`` with ``indices`` an ``(nse, 2)``
+        integer array of ``(row, column)`` pairs.
+      bias: learn a bias ``(O,)``.
+      w_init: initial values ``(nse,)``. Default: the BCOO's stored values when a matrix
+        is given; for ``(indices, shape)`` a normal draw with std ``1/sqrt(nse / O)``
+        (one over the root of the mean fan-in).
+      b_init: initial bias, default zeros.
+      key: seed or PRNG key.
+
+    States: none. Parameters: ``weight`` ``(nse,)``, ``bias`` ``(O,)``.
+
+    Online learning: each stored value drives its column only, so D-RTRL keeps an exact
+    per-parameter trace of ``nse`` elements (not ``I * O``).
+    """
+
+    def __init__(self, sparse_mat, bias: bool = True, *, w_init: Init = None, b_init: Init = None, key=None,
+                 name: str | None = None):
+        super().__init__(name=name)
+        if isinstance(sparse_mat, jsparse.BCSR):
+            sparse_mat = sparse_mat.to_bcoo()
+        if isinstance(sparse_mat, jsparse.BCOO):
+            data = sparse_mat.data
+            indices, shape = sparse_mat.indices, tuple(sparse_mat.shape)
+        else:
+            try:
+                indices, shape = sparse_mat
+            except (TypeError, ValueError):
+                raise ArgumentError("SparseLinear: 'sparse_mat' must be a BCOO/BCSR matrix or a pair "
+                                    "(indices, shape)") from None
+            indices, shape, data = jnp.asarray(indices), tuple(int(s) for s in shape), None
+            if indices.ndim != 2 or indices.shape[1] != 2 or not jnp.issubdtype(indices.dtype, jnp.integer):
+                raise ArgumentError(f"SparseLinear: 'indices' must be an (nse, 2) integer array, got shape "
+                                    f"{tuple(indices.shape)} dtype {indices.dtype}")
+        if len(shape) != 2:
+            raise ArgumentError(f"SparseLinear: the structure must be 2-D (in, out), got shape {shape}")
+        nse = int(indices.shape[0])
+        self.in_features, self.out_features = shape
+        self.in_size, self.out_size = (shape[0],), (shape[1],)
+        self.nse = nse
+        k_w, k_b = _keys(key, 2)
+        if w_init is None:
+            if data is not None:
+                w_init = data
+            else:
+                std = 1.0 / math.sqrt(max(1.0, nse / shape[1]))
+                w_init = jax.nn.initializers.normal(std)
+        self.weight = brainstate.ParamState(init_array(w_init, k_w, (nse,), "weight"))
+        self.bias = _maybe_param(bias, _zeros if b_init is None else b_init, k_b, (shape[1],), "bias")
+        self.structure = jsparse.BCOO((jnp.zeros((nse,), jnp.float32), indices), shape=shape)
+
+    def todense(self) -> jax.Array:
+        """The current ``(I, O)`` matrix."""
+        return jsparse.BCOO((self.weight.value, self.structure.indices), shape=self.structure.shape).todense()
+
+    def update(self, x):
+        """``x``: ``(I,)`` or ``(B, I)`` -> ``(O,)`` or ``(B, O)``."""
+        return etprop.sparse_matmul(x, self.weight.value, sparse_mat=self.structure, bias=_value(self.bias))
+
+
+# -- LoRA ------------------------------------------------------------------------------------------
+
+class LoRA(brainstate.nn.Module):
+    r"""Low-rank layer :math:`y = \alpha\, x\, B A + b` through `etprop.lora_matmul`.
+
+    :math:`B` ``(I, r)`` is the down-projection and :math:`A` ``(r, O)`` the
+    up-projection. For an adapter that starts as a no-op (Hu et al. 2021), pass
+    ``a_init=jax.nn.initializers.zeros`` (``B`` then learns after ``A`` has moved).
+
+    Args:
+      in_size, out_size: ``I`` and ``O``.
+      rank: ``r``.
+      alpha: static scale.
+      bias: learn a bias ``(O,)`` (default no).
+      b_init: initial ``B``, default LeCun normal (std ``1/sqrt(I)``).
+      a_init: initial ``A``, default LeCun normal (std ``1/sqrt(r)``).
+      bias_init: initial bias, default zeros.
+      key: seed or PRNG key.
+
+    States: none. Parameters: ``B``, ``A``, ``bias``.
+
+    Online learning: ``A`` and ``bias`` have per-parameter traces under D-RTRL (each
+    element drives one output); every element of ``B`` drives all outputs through the
+    rank bottleneck, so ``B`` gets the factorised trace under every algorithm.
+    """
+
+    def __init__(self, in_size: int, out_size: int, rank: int, alpha: float = 1.0, bias: bool = False, *,
+                 b_init: Init = None, a_init: Init = None, bias_init: Init = None, key=None,
+                 name: str | None = None):
+        super().__init__(name=name)
+        self.in_features = _as_int(in_size, "in_size")
+        self.out_features = _as_int(out_size, "out_size")
+        self.rank = _as_int(rank, "rank")
+        self.in_size, self.out_size = (self.in_features,), (self.out_features,)
+        self.alpha = float(alpha)
+        k_b, k_a, k_bias = _keys(key, 3)
+        self.B = brainstate.ParamState(init_array(_lecun if b_init is None else b_init, k_b,
+                                                  (self.in_features, self.rank), "B"))
+        self.A = brainstate.ParamState(init_array(_lecun if a_init is None else a_init, k_a,
+                                                  (self.rank, self.out_features), "A"))
+        self.bias = _maybe_param(bias, _zeros if bias_init is None else bias_init, k_bias,
+                                 (self.out_features,), "bias")
+
+    def update(self, x):
+        """``x``: ``(I,)`` or ``(B, I)`` -> ``(O,)`` or ``(B, O)``."""
+        return etprop.lora_matmul(x, self.B.value, self.A.value, alpha=self.alpha, bias=_value(self.bias))
+
+
+# -- convolutions ----------------------------------------------------------------------------------
+
+def _ntuple(v, n: int, name: str) -> tuple[int, ...]:
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        v = (int(v),) * n
+    v = tuple(v)
+    if len(v) != n or not all(isinstance(i, (int, np.integer)) and i >= 1 for i in v):
+        raise ArgumentError(f"'{name}' must be a positive int or {n} positive ints, got {v!r}")
+    return tuple(int(i) for i in v)
+
+
+class _ConvNd(brainstate.nn.Module):
+    num_spatial = 0
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding="SAME",
+                 dilation=1, groups: int = 1, bias: bool = True, *, w_init: Init = None, b_init: Init = None,
+                 key=None, name: str | None = None):
+        super().__init__(name=name)
+        n = self.num_spatial
+        self.in_channels = _as_int(in_channels, "in_channels")
+        self.out_channels = _as_int(out_channels, "out_channels")
+        self.groups = _as_int(groups, "groups")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ArgumentError(f"{type(self).__name__}: in_channels={in_channels} and out_channels="
+                                f"{out_channels} must both be divisible by groups={groups}")
+        self.kernel_size = _ntuple(kernel_size, n, "kernel_size")
+        self.stride = _ntuple(stride, n, "stride")
+        self.dilation = _ntuple(dilation, n, "dilation")
+        self.padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+        shape = self.kernel_size + (self.in_channels // self.groups, self.out_channels)
+        k_w, k_b = _keys(key, 2)
+        self.weight = brainstate.ParamState(init_array(_lecun if w_init is None else w_init, k_w, shape, "weight"))
+        self.bias = _maybe_param(bias, _zeros if b_init is None else b_init, k_b, (self.out_channels,), "bias")
+
+    def update(self, x):
+        """``x``: ``(*spatial, C_in)`` or ``(B, *spatial, C_in)`` (channels last)."""
+        return etprop.conv(x, self.weight.value, _value(self.bias), strides=self.stride, padding=self.padding,
+                           rhs_dilation=self.dilation, feature_group_count=self.groups)
+
+
+_CONV_DOC = r"""{n}-D convolution, channels last, through `etprop.conv`.
+
+    .. math::
+
+        y[p, o] = \sum_{{k, c}} x[s\,p + d\,k, c]\; W[k, c, o] + b[o]
+
+    (``s`` stride, ``d`` dilation, ``k`` over the window; ``groups`` splits the channels
+    into independent blocks.)
+
+    Args:
+      in_channels, out_channels: ``C_in`` and ``C_out`` (both divisible by ``groups``).
+      kernel_size: int or {n} ints.
+      stride, dilation: int or {n} ints.
+      padding: ``'SAME'``, ``'VALID'``, ``'SAME_LOWER'`` or {n} ``(low, high)`` pairs.
+      groups: feature groups.
+      bias: learn a bias ``(C_out,)``.
+      w_init: initial kernel ``(*kernel_size, C_in / groups, C_out)``, default LeCun normal
+        (std ``1/sqrt(fan_in)``, fan_in = window size x ``C_in / groups``).
+      b_init: initial bias, default zeros.
+      key: seed or PRNG key.
+
+    Shapes: ``x`` is ``{x}`` or with a leading batch axis; ``y`` likewise with ``C_out``.
+
+    States: none. Parameters: ``weight`` (the kernel), ``bias``.
+
+    Online learning: a kernel element (and a bias element) drives every output position of
+    its channel, so neither has a per-parameter trace: when the output drives a hidden
+    state of the same shape, both are traced with the factorised (ES-D-RTRL) trace under
+    every algorithm, D-RTRL included.
+    """
+
+
+class Conv1d(_ConvNd):
+    __doc__ = _CONV_DOC.format(n=1, x="(W, C_in)")
+    num_spatial = 1
+
+
+class Conv2d(_ConvNd):
+    __doc__ = _CONV_DOC.format(n=2, x="(H, W, C_in)")
+    num_spatial = 2
+
+
+class Conv3d(_ConvNd):
+    __doc__ = _CONV_DOC.format(n=3, x="(D, H, W, C_in)")
+    num_spatial = 3
+
+
+# -- Embedding -------------------------------------------------------------------------------------
+
+class Embedding(brainstate.nn.Module):
+    r"""Trainable lookup table :math:`y = W[\text{index}]` through `etprop.embedding`.
+
+    Args:
+      num_embeddings: table size ``V``.
+      features: ``F``.
+      w_init: initial table ``(V, F)``, default standard normal.
+      key: seed or PRNG key.
+
+    Shapes: integer indices ``()`` or ``(B,)`` -> ``(F,)`` or ``(B, F)``. Concrete
+    out-of-range indices raise `etprop.OperandError`; traced ones give NaN rows.
+
+    States: none. Parameters: ``weight`` ``(V, F)``.
+
+    Online learning: ``W[v, f]`` drives feature ``f`` only, so D-RTRL keeps a
+    per-parameter trace when the embedding drives a hidden state of shape ``(F,)``.
+    """
+
+    def __init__(self, num_embeddings: int, features: int, *, w_init: Init = None, key=None,
+                 name: str | None = None):
+        super().__init__(name=name)
+        self.num_embeddings = _as_int(num_embeddings, "num_embeddings")
+        self.features = _as_int(features, "features")
+        self.out_size = (self.features,)
+        init = jax.nn.initializers.normal(1.0) if w_init is None else w_init
+        self.weight = brainstate.ParamState(init_array(init, as_key(key), (self.num_embeddings, self.features),
+                                                       "weight"))
+
+    def update(self, indices):
+        return etprop.embedding(indices, self.weight.value)
+
+
+# -- GroupedLinear ---------------------------------------------------------------------------------
+
+class GroupedLinear(brainstate.nn.Module):
+    r"""``G`` independent dense layers (a block-diagonal weight) through `etprop.grouped_matmul`.
+
+    .. math::
+
+        y[g, :] = x[g, :]\, W[g] + b[g]
+
+    Args:
+      num_groups: ``G``.
+      in_size, out_size: ``I`` and ``O`` per group.
+      bias: learn a bias ``(G, O)``.
+      w_init: initial weight ``(G, I, O)``, default LeCun normal per group (std ``1/sqrt(I)``).
+      b_init: initial bias, default zeros.
+      key: seed or PRNG key.
+
+    Shapes: ``x`` ``(G, I)`` or ``(B, G, I)`` -> ``(G, O)`` or ``(B, G, O)``.
+
+    States: none. Parameters: ``weight`` ``(G, I, O)``, ``bias`` ``(G, O)``.
+
+    Online learning: ``W[g, i, o]`` drives output ``(g, o)`` only: D-RTRL keeps a
+    per-parameter trace when ``y`` drives a hidden state of shape ``(G, O)``.
+    """
+
+    def __init__(self, num_groups: int, in_size: int, out_size: int, bias: bool = True, *,
+                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
+        super().__init__(name=name)
+        self.num_groups = _as_int(num_groups, "num_groups")
+        self.in_features = _as_int(in_size, "in_size")
+        self.out_features = _as_int(out_size, "out_size")
+        self.in_size = (self.num_groups, self.in_features)
+        self.out_size = (self.num_groups, self.out_features)
+        k_w, k_b = _keys(key, 2)
+        init = jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,)) if w_init is None \
+            else w_init
+        self.weight = brainstate.ParamState(init_array(init, k_w, self.in_size[:1] + (self.in_features,
+                                                                                    self.out_features), "weight"))
+        self.bias = _maybe_param(bias, _zeros if b_init is None else b_init, k_b, self.out_size, "bias")
+
+    def update(self, x):
+        return etprop.grouped_matmul(x, self.weight.value, _value(self.bias))

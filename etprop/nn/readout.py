@@ -1,0 +1,133 @@
+r"""Readouts with memory: `LeakyRateReadout` (a leaky integrator of ``x W``) and
+`LeakySpikeReadout` (an LIF group driven by ``x W``).
+
+Their weights go through ``etprop.matmul``, so they are traced online: the readout's
+state depends only on itself (element-wise leak), which makes the per-parameter
+trace exact (D-RTRL = BPTT for the readout weight, whatever feeds it). A readout
+without state (``h @ w_out``, a plain op) needs no trace: it gets its exact gradient
+through the current step.
+"""
+
+from __future__ import annotations
+
+import brainstate
+import brainunit as u
+import jax
+import jax.numpy as jnp
+
+import etprop
+from etprop.nn.neurons import LIF, TimeConstant, batch_shape, filled, to_size
+
+__all__ = ["LeakyRateReadout", "LeakySpikeReadout", "init_weight"]
+
+
+def init_weight(w_init, shape, *, seed=None, scale: float = 1.0):
+    """A weight array of ``shape``.
+
+    ``w_init``: an array (checked against ``shape``), a callable ``f(shape)`` (e.g. a
+    ``brainstate.nn.init`` initializer), or None for ``N(0, scale^2 / fan_in)``; ``seed``
+    (int or key) makes the default draw reproducible (otherwise ``brainstate.random``).
+    """
+    shape = tuple(shape)
+    if w_init is None:
+        if seed is None:
+            key = brainstate.random.split_key()
+        elif isinstance(seed, int):
+            key = jax.random.key(seed)
+        else:
+            key = seed
+        return jax.random.normal(key, shape, jnp.result_type(float)) * (scale / jnp.sqrt(shape[0]))
+    if callable(w_init):
+        w = w_init(shape)
+    else:
+        w = w_init
+    w = jnp.asarray(u.get_mantissa(w), dtype=jnp.result_type(float))
+    if tuple(w.shape) != shape:
+        raise ValueError(f"weight has shape {tuple(w.shape)}, expected {shape}")
+    return w
+
+
+class LeakyRateReadout(brainstate.nn.Module):
+    r"""Leaky integrator readout (the e-prop output neuron).
+
+    .. math::
+
+        d = e^{-\Delta t/\tau}, \qquad r^t = d\, r^{t-1} + (1 - d)\,(x^t W + b)
+
+    Returns ``r^t``, shape ``(out_size,)`` or ``(batch, out_size)``.
+
+    States: ``r`` (S = 1 per output).
+
+    Online learning: ``weight`` (and ``bias``) go through ``etprop.matmul`` and are
+    traced into ``r``; ``r``'s Jacobian is diagonal, so the trace of ``W`` is exact
+    (D-RTRL and, with ``decay_or_rank="auto"``, ES-D-RTRL equal BPTT for ``W`` given
+    its input). A trainable ``tau`` (``train_tau``) is traced via ``etprop.element_wise``.
+
+    Args:
+      in_size, out_size: ints.
+      tau: time constant (quantity or number, like ``dt``).
+      w_init: weight array, initializer or None (``N(0, 1/in_size)``); ``seed`` for it.
+      bias: add a trainable bias (initialised to zero).
+      train_tau: per-output trainable ``tau``.
+    """
+
+    def __init__(self, in_size: int, out_size: int, tau=5.0 * u.ms, *, w_init=None, seed=None,
+                 bias: bool = False, train_tau: bool = False, name=None):
+        super().__init__(name=name)
+        self.in_size = to_size(in_size)
+        self.out_size = to_size(out_size)
+        if len(self.in_size) != 1 or len(self.out_size) != 1:
+            raise ValueError("LeakyRateReadout takes int in_size and out_size")
+        self.varshape = self.out_size
+        w = init_weight(w_init, self.in_size + self.out_size, seed=seed)
+        if bias:
+            self.weight = brainstate.ParamState({"weight": w, "bias": jnp.zeros(self.out_size, w.dtype)})
+        else:
+            self.weight = brainstate.ParamState({"weight": w})
+        self._tau = TimeConstant(self, "tau", tau, self.varshape, train_tau)
+        self.init_state()
+
+    def init_state(self, batch_size=None, **kwargs):
+        self.r = brainstate.HiddenState(filled(batch_shape(self.varshape, batch_size), 0.0))
+
+    def reset_state(self, batch_size=None, **kwargs):
+        self.r.value = filled(batch_shape(self.varshape, batch_size), 0.0)
+
+    def update(self, x):
+        p = self.weight.value
+        y = etprop.matmul(x, p["weight"], p.get("bias"))
+        d = self._tau.decay(self)
+        self.r.value = d * self.r.value + (1.0 - d) * y
+        return self.r.value
+
+
+class LeakySpikeReadout(LIF):
+    r"""Spiking readout: an `LIF` group whose input is ``x W``.
+
+    .. math::
+
+        v^t &= V_{rest} + d\,(v^{t-1} - V_{rest}) + (1 - d)\, R\,(x^t W), \qquad d = e^{-\Delta t/\tau} \\
+        s^t &= H\!\left(\frac{v^t - V_{th}}{V_{th} - V_{reset}}\right), \qquad
+        v^t \leftarrow v^t - s^t (V_{th} - V_{reset})
+
+    Returns the spikes ``s^t``; the potential is the state ``v`` (use it as a graded output
+    if needed). For potentials in mV give e.g. ``R=1 * u.mV`` (``x W`` is dimensionless).
+
+    States: ``v`` (S = 1 per output; ``refractory`` with ``tau_ref``).
+
+    Online learning: ``weight`` goes through ``etprop.matmul`` and is traced into ``v``;
+    the Jacobian is diagonal, so D-RTRL equals BPTT for ``W`` given its input.
+
+    Args: ``in_size``, ``out_size``, ``w_init``/``seed`` as `LeakyRateReadout`; the rest as
+    `etprop.nn.LIF`.
+    """
+
+    def __init__(self, in_size: int, out_size: int, tau=20.0 * u.ms, *, w_init=None, seed=None, **kwargs):
+        super().__init__(out_size, tau=tau, **kwargs)
+        self.in_size = to_size(in_size)
+        if len(self.in_size) != 1 or len(self.varshape) != 1:
+            raise ValueError("LeakySpikeReadout takes int in_size and out_size")
+        self.weight = brainstate.ParamState(init_weight(w_init, self.in_size + self.varshape, seed=seed))
+
+    def update(self, x):
+        return super().update(etprop.matmul(x, self.weight.value))

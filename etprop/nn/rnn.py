@@ -1,0 +1,431 @@
+r"""Rate RNN cells whose weights learn online by eligibility traces.
+
+Every cell is a `brainstate.nn.Module` with
+
+* ``init_state(batch_size=None)``: creates its `brainstate.HiddenState` s, of shape
+  ``(n,)`` or ``(batch_size, n)``, zero-initialised (also called by ``__init__``, so a
+  cell works unbatched without it; `brainstate.nn.init_all_states` calls it);
+* ``reset_state(batch_size=None)``: sets them back to zeros of that shape;
+* ``update(x)``: one time step, ``x`` ``(num_in,)`` or ``(batch, num_in)``.
+
+Every trainable weight goes through an ETP operator (the gates through `etprop.nn.Linear`,
+on the concatenation ``[x, h]`` or on ``x`` alone; the LRU through `etprop.matmul` and
+`etprop.element_wise`),
+so no weight is left untrained. How each is learned follows from the compiled graph
+(`learner.report()`):
+
+* a weight whose operator output drives the hidden state through element-wise
+  operations is **traced**: D-RTRL keeps a per-parameter trace ``dh/dW`` propagated by
+  the *diagonal* of the hidden Jacobian, ES-D-RTRL a factorised trace (input trace x
+  output trace);
+* a weight whose output reaches the hidden state only through the *input* of another
+  ETP operator (the GRU reset gate), or no hidden state at all (the LRU output
+  projection), is **not traced**: it gets its exact gradient through the current step;
+* recurrence through an operator's input (``h`` inside ``[x, h] W``) is the dense part
+  of the hidden Jacobian. D-RTRL drops it, so it equals BPTT only for cells without it
+  (`MiniGRU`, `LRUCell`); for the others it is an approximation (cosines to BPTT are
+  measured in ``tests/nn/test_rnn.py``).
+
+==================  ============  ===================================  ==================  ===============
+cell                states        traced (D-RTRL: per-parameter)       not traced          D-RTRL vs BPTT
+==================  ============  ===================================  ==================  ===============
+`VanillaRNNCell`    h             W                                    --                  approximate
+`GRUCell`           h             Wz, Wh                               Wr (reset gate)     approximate
+`MGUCell`           h             Wf, Wh                               --                  approximate
+`LSTMCell`          h, c (S=2)    Wi, Wf, Wg, Wo                       --                  approximate
+`MinimalRNNCell`    h             Wx, Wu                               --                  approximate
+`MiniGRU`           h             Wz, Wh                               --                  exact
+`LRUCell`           h_re, h_im    nu_log, theta_log, gamma_log,        C_re, C_im, D       exact
+                    (S=2)         B_re, B_im                           (output side)
+==================  ============  ===================================  ==================  ===============
+
+Initialisation: gate weights LeCun normal (std ``1/sqrt(fan_in)``), biases zero (the
+LSTM forget-gate bias one), hidden states zero. ``w_init``/``b_init`` take an array or
+a ``jax.nn.initializers`` callable, ``key`` an ``int`` seed, a PRNG key, or None
+(brainstate's global RNG); see `etprop.nn.linear`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import brainstate
+import jax
+import jax.numpy as jnp
+
+import etprop
+from etprop.errors import ArgumentError
+from etprop.nn.linear import Init, Linear, _as_int, _keys, default_float, init_array
+
+__all__ = ["RNNCell", "VanillaRNNCell", "GRUCell", "MGUCell", "LSTMCell", "MinimalRNNCell", "MiniGRU",
+           "LRUCell"]
+
+_ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "gelu": jax.nn.gelu,
+                "silu": jax.nn.silu, "elu": jax.nn.elu, "softplus": jax.nn.softplus,
+                "identity": lambda x: x}
+
+
+def _activation(act) -> Callable:
+    if act is None:
+        return _ACTIVATIONS["identity"]
+    if callable(act):
+        return act
+    if isinstance(act, str) and act in _ACTIVATIONS:
+        return _ACTIVATIONS[act]
+    raise ArgumentError(f"activation must be a callable or one of {sorted(_ACTIVATIONS)}, got {act!r}")
+
+
+class RNNCell(brainstate.nn.Module):
+    """Base of the cells: sizes and zero-initialised hidden states named in ``state_names``."""
+
+    state_names: tuple[str, ...] = ("h",)
+
+    def __init__(self, num_in: int, num_out: int, state_size: int | None = None, name: str | None = None):
+        super().__init__(name=name)
+        self.num_in = _as_int(num_in, "num_in")
+        self.num_out = _as_int(num_out, "num_out")
+        self.state_size = self.num_out if state_size is None else _as_int(state_size, "state_size")
+        self.in_size, self.out_size = (self.num_in,), (self.num_out,)
+        self.init_state()
+
+    def _zeros(self, batch_size):
+        shape = (self.state_size,) if batch_size is None else (int(batch_size), self.state_size)
+        return jnp.zeros(shape, default_float())
+
+    def init_state(self, batch_size: int | None = None, **kwargs):
+        """Create the hidden states, zeros of shape ``(n,)`` or ``(batch_size, n)``."""
+        for n in self.state_names:
+            setattr(self, n, brainstate.HiddenState(self._zeros(batch_size)))
+
+    def reset_state(self, batch_size: int | None = None, **kwargs):
+        """Set the hidden states to zeros of shape ``(n,)`` or ``(batch_size, n)``."""
+        for n in self.state_names:
+            getattr(self, n).value = self._zeros(batch_size)
+
+
+def _gates(names, n_in, n_out, w_init, b_init, key, b_inits=None):
+    keys = _keys(key, len(names))
+    b_inits = b_inits or {}
+    return {nm: Linear(n_in, n_out, w_init=w_init, b_init=b_inits.get(nm, b_init), key=k)
+            for nm, k in zip(names, keys)}
+
+
+def _cat(x, h):
+    return jnp.concatenate([x, h], axis=-1)
+
+
+class VanillaRNNCell(RNNCell):
+    r"""Elman RNN cell.
+
+    .. math::
+
+        h_t = \phi\big([x_t, h_{t-1}]\, W + b\big)
+
+    with :math:`\phi` = ``activation`` (default ``tanh``).
+
+    States: ``h`` ``(num_out,)``. Parameters: ``W.weight`` ``(num_in + num_out, num_out)``,
+    ``W.bias``. Returns ``h_t``.
+
+    Online learning: ``W`` is traced (its output drives ``h`` through :math:`\phi`, an
+    element-wise tail). ``h_{t-1}`` reaches ``h_t`` *only* through ``W``'s input, so the
+    diagonal hidden Jacobian D-RTRL keeps is zero: the per-parameter trace is the
+    immediate term ``dh_{t-1}/dW`` with ``h_{t-2}`` fixed, i.e. D-RTRL is truncated BPTT
+    over the last two steps. ES-D-RTRL replaces ``x_{t-1}`` in that term by a smoothed
+    input trace. Both are approximations; see the measured cosines in the tests.
+    """
+
+    def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
+                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
+        super().__init__(num_in, num_out, name=name)
+        self.activation = _activation(activation)
+        self.W = Linear(num_in + num_out, num_out, w_init=w_init, b_init=b_init, key=key)
+
+    def update(self, x):
+        self.h.value = self.activation(self.W(_cat(x, self.h.value)))
+        return self.h.value
+
+
+class GRUCell(RNNCell):
+    r"""Gated recurrent unit (Cho et al. 2014).
+
+    .. math::
+
+        z_t &= \sigma([x_t, h_{t-1}]\, W_z + b_z) \\
+        r_t &= \sigma([x_t, h_{t-1}]\, W_r + b_r) \\
+        \tilde h_t &= \phi([x_t, r_t \odot h_{t-1}]\, W_h + b_h) \\
+        h_t &= (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
+
+    States: ``h`` ``(num_out,)``. Parameters: ``Wz``, ``Wr``, ``Wh`` (each ``.weight``
+    ``(num_in + num_out, num_out)`` and ``.bias``). Returns ``h_t``.
+
+    Online learning: the update-gate and candidate weights ``Wz``, ``Wh`` are traced (their
+    outputs drive ``h`` element-wise); the diagonal Jacobian kept by D-RTRL is
+    :math:`1 - z_t`. The reset-gate weight ``Wr`` is **not traced**: ``r_t`` reaches ``h_t``
+    only through the input of ``Wh``, another ETP operator, so it gets its exact gradient
+    through the current step (nonzero, never silently untrained). The recurrence through
+    ``[x, h] W`` is dense, so D-RTRL and ES-D-RTRL approximate BPTT.
+    """
+
+    def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
+                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
+        super().__init__(num_in, num_out, name=name)
+        self.activation = _activation(activation)
+        g = _gates(("z", "r", "h"), num_in + num_out, num_out, w_init, b_init, key)
+        self.Wz, self.Wr, self.Wh = g["z"], g["r"], g["h"]
+
+    def update(self, x):
+        h = self.h.value
+        xh = _cat(x, h)
+        z = jax.nn.sigmoid(self.Wz(xh))
+        r = jax.nn.sigmoid(self.Wr(xh))
+        cand = self.activation(self.Wh(_cat(x, r * h)))
+        self.h.value = (1.0 - z) * h + z * cand
+        return self.h.value
+
+
+class MGUCell(RNNCell):
+    r"""Minimal gated unit (Zhou et al. 2016): a GRU whose forget gate also resets.
+
+    .. math::
+
+        f_t &= \sigma([x_t, h_{t-1}]\, W_f + b_f) \\
+        \tilde h_t &= \phi([x_t, f_t \odot h_{t-1}]\, W_h + b_h) \\
+        h_t &= (1 - f_t) \odot h_{t-1} + f_t \odot \tilde h_t
+
+    States: ``h`` ``(num_out,)``. Parameters: ``Wf``, ``Wh``. Returns ``h_t``.
+
+    Online learning: both weights are traced. ``f_t`` drives ``h_t`` directly (through
+    :math:`(1 - f_t) h_{t-1} + f_t \tilde h_t`), so unlike the GRU's reset gate it has a
+    trace; its path through ``Wh``'s input is kept only within the current step. The
+    diagonal Jacobian is :math:`1 - f_t`; the dense recurrence through ``[x, h] W`` is
+    dropped, so D-RTRL and ES-D-RTRL approximate BPTT.
+    """
+
+    def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
+                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
+        super().__init__(num_in, num_out, name=name)
+        self.activation = _activation(activation)
+        g = _gates(("f", "h"), num_in + num_out, num_out, w_init, b_init, key)
+        self.Wf, self.Wh = g["f"], g["h"]
+
+    def update(self, x):
+        h = self.h.value
+        f = jax.nn.sigmoid(self.Wf(_cat(x, h)))
+        cand = self.activation(self.Wh(_cat(x, f * h)))
+        self.h.value = (1.0 - f) * h + f * cand
+        return self.h.value
+
+
+class LSTMCell(RNNCell):
+    r"""Long short-term memory cell (Hochreiter & Schmidhuber 1997, with forget gate).
+
+    .. math::
+
+        i_t &= \sigma([x_t, h_{t-1}]\, W_i + b_i) \qquad
+        f_t = \sigma([x_t, h_{t-1}]\, W_f + b_f) \\
+        g_t &= \phi([x_t, h_{t-1}]\, W_g + b_g) \qquad
+        o_t = \sigma([x_t, h_{t-1}]\, W_o + b_o) \\
+        c_t &= f_t \odot c_{t-1} + i_t \odot g_t \\
+        h_t &= o_t \odot \phi(c_t)
+
+    ``b_f`` starts at ``forget_bias`` (default 1).
+
+    States: ``h`` and ``c``, each ``(num_out,)``: one hidden group with ``S = 2`` states
+    per unit. Parameters: ``Wi``, ``Wf``, ``Wg``, ``Wo``. Returns ``h_t``.
+
+    Online learning: all four gate weights are traced (``i, f, g`` drive ``c``, ``o``
+    drives ``h``; each ``(S=2)`` trace follows the per-unit 2x2 Jacobian
+    :math:`\partial(c_t, h_t)/\partial(c_{t-1}, h_{t-1})` with ``h_{t-1}``-columns zero,
+    since ``h_{t-1}`` acts only through the gates' inputs). That dense recurrence is
+    dropped, so D-RTRL and ES-D-RTRL approximate BPTT.
+    """
+
+    state_names = ("h", "c")
+
+    def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", forget_bias: float = 1.0,
+                 *, w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
+        super().__init__(num_in, num_out, name=name)
+        self.activation = _activation(activation)
+        fb = jax.nn.initializers.constant(forget_bias) if b_init is None else b_init
+        g = _gates(("i", "f", "g", "o"), num_in + num_out, num_out, w_init, b_init, key, b_inits={"f": fb})
+        self.Wi, self.Wf, self.Wg, self.Wo = g["i"], g["f"], g["g"], g["o"]
+
+    def update(self, x):
+        xh = _cat(x, self.h.value)
+        i = jax.nn.sigmoid(self.Wi(xh))
+        f = jax.nn.sigmoid(self.Wf(xh))
+        g = self.activation(self.Wg(xh))
+        o = jax.nn.sigmoid(self.Wo(xh))
+        c = f * self.c.value + i * g
+        self.c.value = c
+        self.h.value = o * self.activation(c)
+        return self.h.value
+
+
+class MinimalRNNCell(RNNCell):
+    r"""MinimalRNN (Chen 2017): the input is mapped to a latent once; a gate mixes it in.
+
+    .. math::
+
+        z_t &= \phi(x_t\, W_x + b_x) \\
+        u_t &= \sigma([z_t, h_{t-1}]\, W_u + b_u) \\
+        h_t &= u_t \odot h_{t-1} + (1 - u_t) \odot z_t
+
+    States: ``h`` ``(num_out,)``. Parameters: ``Wx`` ``(num_in, num_out)``, ``Wu``
+    ``(2 num_out, num_out)``. Returns ``h_t``.
+
+    Online learning: both traced. ``z_t`` drives ``h_t`` directly (the
+    :math:`(1 - u_t) z_t` term); ``u_t`` drives it element-wise; the diagonal Jacobian is
+    :math:`u_t`. The gate's recurrent part (``h_{t-1}`` inside ``[z, h] W_u``) is dense,
+    and ``Wx``'s path through ``Wu``'s input mixes units, so D-RTRL and ES-D-RTRL
+    approximate BPTT (both paths are exact within the current step).
+    """
+
+    def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
+                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
+        super().__init__(num_in, num_out, name=name)
+        self.activation = _activation(activation)
+        kx, ku = _keys(key, 2)
+        self.Wx = Linear(num_in, num_out, w_init=w_init, b_init=b_init, key=kx)
+        self.Wu = Linear(2 * num_out, num_out, w_init=w_init, b_init=b_init, key=ku)
+
+    def update(self, x):
+        h = self.h.value
+        z = self.activation(self.Wx(x))
+        u = jax.nn.sigmoid(self.Wu(_cat(z, h)))
+        self.h.value = u * h + (1.0 - u) * z
+        return self.h.value
+
+
+class MiniGRU(RNNCell):
+    r"""minGRU (Feng et al. 2024, "Were RNNs all we needed?"): gates from the input only.
+
+    .. math::
+
+        z_t &= \sigma(x_t\, W_z + b_z) \\
+        \tilde h_t &= \phi(x_t\, W_h + b_h) \\
+        h_t &= (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
+
+    :math:`\phi` = ``activation``, default the identity (the paper's sequential minGRU).
+    The recurrence is linear in ``h`` with input-only coefficients, so the sequence can
+    also be computed by a parallel scan.
+
+    States: ``h`` ``(num_out,)``. Parameters: ``Wz``, ``Wh`` (``(num_in, num_out)`` each).
+    Returns ``h_t``.
+
+    Online learning: both traced. The hidden Jacobian is exactly diagonal,
+    :math:`\partial h_t / \partial h_{t-1} = \mathrm{diag}(1 - z_t)`, so **D-RTRL equals
+    BPTT**; ES-D-RTRL approximates it (its input trace uses one decay for all units).
+    """
+
+    def __init__(self, num_in: int, num_out: int, activation: str | Callable | None = None, *,
+                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
+        super().__init__(num_in, num_out, name=name)
+        self.activation = _activation(activation)
+        g = _gates(("z", "h"), num_in, num_out, w_init, b_init, key)
+        self.Wz, self.Wh = g["z"], g["h"]
+
+    def update(self, x):
+        z = jax.nn.sigmoid(self.Wz(x))
+        cand = self.activation(self.Wh(x))
+        self.h.value = (1.0 - z) * self.h.value + z * cand
+        return self.h.value
+
+
+# -- LRU -------------------------------------------------------------------------------------------
+
+def _lru_modulus(nu_log):
+    return jnp.exp(-jnp.exp(nu_log))
+
+
+class LRUCell(RNNCell):
+    r"""Linear recurrent unit (Orvieto et al. 2023), with the complex state as two real ones.
+
+    .. math::
+
+        \lambda &= \exp(-e^{\nu} + i\, e^{\theta}), \qquad \gamma = e^{\gamma_{\log}} \\
+        h_t &= \lambda \odot h_{t-1} + \gamma \odot (x_t B), \qquad B = B_{re} + i B_{im} \\
+        y_t &= \mathrm{Re}(h_t C) + D \odot x_t, \qquad C = C_{re} + i C_{im}
+
+    In real arithmetic, with :math:`\lambda = a + i b`, :math:`a = e^{-e^\nu}\cos e^\theta`,
+    :math:`b = e^{-e^\nu}\sin e^\theta`:
+
+    .. math::
+
+        h^{re}_t &= a\, h^{re}_{t-1} - b\, h^{im}_{t-1} + \gamma \odot (x_t B_{re}) \\
+        h^{im}_t &= b\, h^{re}_{t-1} + a\, h^{im}_{t-1} + \gamma \odot (x_t B_{im}) \\
+        y_t &= h^{re}_t C_{re} - h^{im}_t C_{im} + D \odot x_t
+
+    Initialisation as in the paper: :math:`|\lambda|` uniform on the ring
+    ``[r_min, r_max]``, phase uniform in ``[0, max_phase]``,
+    :math:`\gamma = \sqrt{1 - |\lambda|^2}`, ``B`` entries normal with std
+    ``1/sqrt(2 num_in)``, ``C`` std ``1/sqrt(num_hidden)``, ``D`` standard normal.
+
+    Args:
+      num_in: input size ``H``; num_hidden: ``N`` complex units; num_out: output size
+        (default ``num_in``; the skip ``D`` needs ``num_out == num_in``).
+      r_min, r_max, max_phase: initial eigenvalue ring and phase range.
+      skip: learn the element-wise skip ``D``.
+      key: seed or PRNG key.
+
+    States: ``h_re`` and ``h_im``, each ``(num_hidden,)``: one hidden group with ``S = 2``
+    states per unit. Parameters: ``nu_log``, ``theta_log``, ``gamma_log`` ``(N,)`` (through
+    `etprop.element_wise`), ``B_re``, ``B_im`` ``(H, N)``, ``C_re``, ``C_im`` ``(N, out)``
+    (through `etprop.matmul`), ``D`` ``(H,)`` (through `etprop.element_wise`). Returns
+    ``y_t``.
+
+    Online learning: ``nu_log``, ``theta_log``, ``gamma_log``, ``B_re``, ``B_im`` are
+    traced; the recurrence is diagonal per unit (a 2x2 rotation-scaling block on
+    ``(h_re, h_im)``), so **D-RTRL equals BPTT**. ``C`` and ``D`` act on the output only
+    (they reach no hidden state): not traced, exact gradient through the current step,
+    which for a memoryless readout is the BPTT gradient.
+    """
+
+    state_names = ("h_re", "h_im")
+
+    def __init__(self, num_in: int, num_hidden: int, num_out: int | None = None, *, r_min: float = 0.0,
+                 r_max: float = 0.99, max_phase: float = 2 * math.pi, skip: bool = True, key=None,
+                 name: str | None = None):
+        num_out = num_in if num_out is None else num_out
+        super().__init__(num_in, num_out, state_size=num_hidden, name=name)
+        if not 0.0 <= r_min < r_max < 1.0:
+            raise ArgumentError(f"LRUCell: need 0 <= r_min < r_max < 1, got r_min={r_min}, r_max={r_max}")
+        if skip and num_out != num_in:
+            raise ArgumentError(f"LRUCell: the skip D is element-wise and needs num_out == num_in "
+                                f"({num_out} != {num_in}); pass skip=False")
+        self.num_hidden = self.state_size
+        N, H = self.num_hidden, self.num_in
+        dt = default_float()
+        k = _keys(key, 7)
+        u1 = jax.random.uniform(k[0], (N,), dt)
+        u2 = jax.random.uniform(k[1], (N,), dt)
+        nu_log = jnp.log(-0.5 * jnp.log(jnp.maximum(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2, 1e-12)))
+        theta_log = jnp.log(max_phase * jnp.maximum(u2, 1e-6))
+        gamma_log = jnp.log(jnp.sqrt(1.0 - jnp.exp(-2.0 * jnp.exp(nu_log))))
+        self.nu_log = brainstate.ParamState(nu_log)
+        self.theta_log = brainstate.ParamState(theta_log)
+        self.gamma_log = brainstate.ParamState(gamma_log)
+        normal = jax.nn.initializers.normal
+        self.B_re = brainstate.ParamState(init_array(normal(1 / math.sqrt(2 * H)), k[2], (H, N), "B_re"))
+        self.B_im = brainstate.ParamState(init_array(normal(1 / math.sqrt(2 * H)), k[3], (H, N), "B_im"))
+        self.C_re = brainstate.ParamState(init_array(normal(1 / math.sqrt(N)), k[4], (N, num_out), "C_re"))
+        self.C_im = brainstate.ParamState(init_array(normal(1 / math.sqrt(N)), k[5], (N, num_out), "C_im"))
+        self.D = brainstate.ParamState(init_array(normal(1.0), k[6], (H,), "D")) if skip else None
+
+    def eigenvalues(self) -> jax.Array:
+        """The complex diagonal recurrence :math:`\\lambda` ``(num_hidden,)``."""
+        return jnp.exp(-jnp.exp(self.nu_log.value) + 1j * jnp.exp(self.theta_log.value))
+
+    def update(self, x):
+        modulus = etprop.element_wise(self.nu_log.value, weight_fn=_lru_modulus)
+        phase = etprop.element_wise(self.theta_log.value, weight_fn=jnp.exp)
+        gamma = etprop.element_wise(self.gamma_log.value, weight_fn=jnp.exp)
+        a, b = modulus * jnp.cos(phase), modulus * jnp.sin(phase)
+        h_re, h_im = self.h_re.value, self.h_im.value
+        self.h_re.value = a * h_re - b * h_im + gamma * etprop.matmul(x, self.B_re.value)
+        self.h_im.value = b * h_re + a * h_im + gamma * etprop.matmul(x, self.B_im.value)
+        y = etprop.matmul(self.h_re.value, self.C_re.value) - etprop.matmul(self.h_im.value, self.C_im.value)
+        if self.D is not None:
+            y = y + etprop.element_wise(self.D.value) * x
+        return y
