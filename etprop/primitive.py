@@ -247,7 +247,7 @@ class ETPPrimitive:
     def _specialise(self, in_tree, config: tuple, fns: tuple) -> ETPCall:
         # keyed by the primitive object, not its name: two primitives may share a name
         # (an unregistered one, or one replaced with overwrite=True)
-        key = (self, in_tree, config, fns)
+        key = (self, in_tree, config, tuple((k, _fn_key(f)) for k, f in fns))
         with _LOCK:
             cid = _CALL_IDS.get(key)
             if cid is None:
@@ -255,6 +255,26 @@ class ETPPrimitive:
                 _CALL_IDS[key] = cid
                 _CALLS[cid] = ETPCall(self, in_tree, config, fns, cid)
             return _CALLS[cid]
+
+
+def _fn_key(fn):
+    """A cache key under which equal transforms share one compiled call.
+
+    A lambda written inside ``update`` is a new object at every trace; keyed by identity
+    it would add a specialisation (and a compile) each time. Two functions with the same
+    code, defaults and closure values compute the same thing, so they share a key;
+    unhashable closure values (arrays) fall back to identity.
+    """
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return fn
+    try:
+        cells = tuple(c.cell_contents for c in (fn.__closure__ or ()))
+        key = (code, cells, fn.__defaults__, id(fn.__globals__))
+        hash(key)
+    except (TypeError, ValueError):
+        return fn
+    return key
 
 
 def _bias_in_unit(op: str, bias, bias_unit, y_unit):

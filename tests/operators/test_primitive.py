@@ -267,3 +267,19 @@ def test_builtin_eager_calls_reuse_compiled_function():
     etprop.matmul(x + 1, w)
     etprop.matmul(x, w * 3)
     assert len(P._JITTED) == n
+
+
+def test_fresh_equal_lambdas_share_one_specialisation():
+    """A weight_fn lambda written inside a step is a new object each trace; no new compile."""
+    from etprop import primitive as P
+    x, w = jnp.ones((2, 3)), jnp.ones((3, 4))
+    sign = 2.0
+    before = len(P._JITTED)
+    for _ in range(4):
+        y = etprop.matmul(x, w, weight_fn=lambda a: a * sign)  # a new lambda object each time
+    assert len(P._JITTED) == before + 1
+    np.testing.assert_allclose(y, x @ (w * 2.0))
+    other = etprop.matmul(x, w, weight_fn=lambda a: a * 3.0)  # different code: its own call
+    np.testing.assert_allclose(other, x @ (w * 3.0))
+    arr = jnp.full((3, 4), 5.0)  # an array in the closure: keyed by identity, still correct
+    np.testing.assert_allclose(etprop.matmul(x, w, weight_fn=lambda a: a * arr), x @ (w * 5.0))
