@@ -577,8 +577,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         leaves = jax.tree.leaves((grads, losses, args, self.params()))
         if any(isinstance(x, jax.core.Tracer) for x in leaves):
             return  # inside a user's transformation: nothing concrete to check
-        if all(bool(jnp.all(jnp.isfinite(_mantissa(x)))) for x in leaves
-               if jnp.issubdtype(jnp.result_type(_mantissa(x)), jnp.inexact)):
+        if bool(_all_finite(leaves)):  # one fused reduction, one host sync
             return
         bad = lambda tree: not all(bool(jnp.all(jnp.isfinite(_mantissa(x)))) for x in jax.tree.leaves(tree)
                                    if jnp.issubdtype(jnp.result_type(_mantissa(x)), jnp.inexact))
@@ -714,6 +713,16 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
         fn = self._jit_cache[key] = jax.jit(run)
         return fn
+
+
+@jax.jit
+def _all_finite(leaves):
+    ok = jnp.bool_(True)
+    for x in leaves:
+        x = _mantissa(x)
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            ok = ok & jnp.all(jnp.isfinite(x))
+    return ok
 
 
 def online_custom_vjp(fwd_impl, param_grads):
