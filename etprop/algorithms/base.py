@@ -476,7 +476,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
             windows. ``1`` is the per-step online gradient; ``T`` is BPTT.
           chunk_size: with ``window=1``, compute the per-step gradients ``chunk_size``
             steps at a time in closed form (same result, matmul speed; memory grows
-            with the chunk). Default: 16, the fastest measured on CPU (benchmarks/RESULTS.md).
+            with the chunk). Default: 16 (chunk sweep in benchmarks/RESULTS.md).
 
         Returns:
           ``(grads, loss)`` with ``loss = sum_t mask_t mean_b step_loss`` and ``grads`` its
