@@ -265,6 +265,14 @@ def _fn_key(fn):
     code, defaults and closure values compute the same thing, so they share a key;
     unhashable closure values (arrays) fall back to identity.
     """
+    owner = getattr(fn, "__self__", None)
+    if owner is not None:  # a bound method computes with its instance's attributes
+        try:
+            key = ("method", _fn_key(fn.__func__), owner)
+            hash(key)
+        except (TypeError, AttributeError):
+            return fn
+        return key
     code = getattr(fn, "__code__", None)
     if code is None:
         return fn

@@ -283,3 +283,20 @@ def test_fresh_equal_lambdas_share_one_specialisation():
     np.testing.assert_allclose(other, x @ (w * 3.0))
     arr = jnp.full((3, 4), 5.0)  # an array in the closure: keyed by identity, still correct
     np.testing.assert_allclose(etprop.matmul(x, w, weight_fn=lambda a: a * arr), x @ (w * 5.0))
+
+
+def test_bound_methods_of_different_instances_do_not_share_a_call():
+    """A method used as weight_fn reads its instance's attributes: two instances with
+    different masks must not share one compiled transform."""
+
+    class Masked:
+        def __init__(self, n):
+            self.mask = jnp.eye(n)
+
+        def weight_fn(self, w):
+            return w * self.mask
+
+    a, b = Masked(3), Masked(4)
+    np.testing.assert_allclose(etprop.matmul(jnp.ones(3), jnp.ones((3, 3)), weight_fn=a.weight_fn), jnp.ones(3))
+    np.testing.assert_allclose(etprop.matmul(jnp.ones(4), jnp.ones((4, 4)) * 2, weight_fn=b.weight_fn),
+                               jnp.full(4, 2.0))
