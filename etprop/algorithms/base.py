@@ -159,6 +159,11 @@ class OnlineAlgorithm(brainstate.nn.Module):
     def describe_kind(self, rel, kind) -> str:
         return {"param": "per-parameter trace (D-RTRL)", "io": "factorised trace (ES-D-RTRL)"}[kind]
 
+    def backward_params(self, p_leaves: list) -> list:
+        """Parameter values the backward pass linearises the step at (the forward always uses
+        the real ones). Identity here; random-feedback e-prop swaps in its feedback matrix."""
+        return p_leaves
+
     # -- helpers for the rules -----------------------------------------------------------------
 
     def _operand_pos(self, rel: Relation) -> int:
@@ -336,7 +341,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         def window_bwd(res, cts):
             p, h, o, tr, a, (shared, per) = res
             # exact reverse mode inside the window, h^{t0} fixed; grads summed over the batch
-            _, pull = jax.vjp(lambda hh, pl: plain(hh, pl, o, a), list(h), list(p))
+            _, pull = jax.vjp(lambda hh, pl: plain(hh, pl, o, a), list(h), self.backward_params(list(p)))
             delta, grads = pull(cts[0])
             grads = list(grads)
             g = self.graph
@@ -540,6 +545,33 @@ class OnlineAlgorithm(brainstate.nn.Module):
         return out
 
     default_chunk = 16
+
+    def sequence_fn(self, step_loss: Callable | None, *, window: int | None = None,
+                    chunk_size: int | None = None, return_out: bool = False) -> Callable:
+        """The pure, jitted computation behind `etrace_grad`, for users who carry state themselves.
+
+        Returns ``fn(params, hidden, others, traces, xs, ys, mask)`` with ``params`` a
+        ``{name: array}`` dict (as `params`), ``hidden``/``others`` the model's state values
+        (``self.graph.mf.values()[1:]``), ``traces`` the eligibility-trace pytree
+        (``self.etrace.value``), ``xs`` the inputs with time leading and ``mask`` ``(T,)``.
+        ``fn`` returns ``(grads, losses (T,), hidden', others', traces'[, outputs])``; it
+        reads and writes no state, so it composes with ``jax.jit``, optimiser updates and
+        checkpointing. ``window=None`` is the algorithm's default (per-step online
+        gradients; the whole sequence for BPTT).
+        """
+        self._require_graph()
+        if window is None:
+            window = self.default_window
+        mode = "window"
+        if window == 1 and self.default_chunk:
+            mode, window = "chunk", chunk_size or self.default_chunk
+        scan = self._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
+
+        def fn(params, hidden, others, traces, xs, ys, mask):
+            res = scan(params, hidden, others, traces, _as_args(xs, multi=True), ys, mask)
+            return (self._grads_to_dict(res[0], params),) + tuple(res[1:])
+
+        return fn
 
     def _run_sequence(self, args, ys, step_loss, mask, *, window, chunk_size=None, return_out=False):
         T = jax.tree.leaves(args)[0].shape[0]

@@ -106,7 +106,7 @@ def make_chunk(algo):
 
     def chunk_bwd(res, cts):
         p, h, o, tr, a, (hs, os, recs, shared, per) = res
-        _, pull = jax.vjp(lambda hh, pl: all_steps(hh, pl, os, a), list(hs), list(p))
+        _, pull = jax.vjp(lambda hh, pl: all_steps(hh, pl, os, a), list(hs), algo.backward_params(list(p)))
         delta, grads = pull(cts[0])  # delta: (K[, B], ...) per hidden state
         grads = list(grads)
         K = jax.tree.leaves(a)[0].shape[0]

@@ -1,0 +1,184 @@
+"""The ``etprop`` command (also ``python -m etprop``).
+
+``etprop train`` trains a built-in network on a built-in task, online or with BPTT, and
+writes metrics, figures and checkpoints; ``etprop tasks`` / ``etprop models`` /
+``etprop algos`` list what can be chosen. Errors in the arguments are one line on stderr
+(exit status 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from etprop.errors import EtpropError
+
+__all__ = ["main", "build_parser"]
+
+_EPILOG = """\
+examples:
+  etprop train                                   # the demo: copying task, GRU, ES-D-RTRL
+  etprop train --task evidence --model alif --algo d_rtrl --steps 400 --out runs/evidence
+  etprop train --task copying --algo bptt --out runs/bptt   # the exact reference, same budget
+  etprop train --resume runs/demo --steps 600    # continue a run exactly where it stopped
+
+outputs in --out: metrics.csv (step, loss, accuracy, grad_cos_bptt, wall_s), curves.png
+(loss, accuracy, cosine of the online gradient to BPTT), activity.png (spiking models: spike
+raster, membrane potentials, outputs), checkpoint/ (parameters, optimiser state, hidden
+states and eligibility traces; see etprop.experiment.checkpoint for the format).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _decay(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return v
+
+
+def _task_arg(text: str) -> tuple[str, int | float]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. delay=20), got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        num = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key}: expected a number, got {value!r}") from None
+    return key.strip(), int(num) if num.is_integer() and "." not in value else num
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from etprop.experiment.models import MODELS
+    from etprop.experiment.runner import ALGOS, TrainConfig
+    from etprop.tasks import TASKS
+
+    d = TrainConfig()
+    parser = _Parser(prog="etprop", description="Online training of recurrent and spiking networks by "
+                                                "eligibility-trace propagation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p = sub.add_parser("train", help="train a built-in model on a built-in task",
+                       description="Train a built-in network on a built-in task. Each update uses one batch of "
+                                   "sequences; online algorithms carry eligibility traces forward through the "
+                                   "sequence (memory independent of its length), BPTT is the exact reference.",
+                       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=sorted(TASKS), default=d.task, help=f"task (default {d.task})")
+    p.add_argument("--model", choices=sorted(MODELS), default=d.model, help=f"network (default {d.model})")
+    p.add_argument("--algo", choices=sorted(ALGOS), default=d.algo, help=f"learning algorithm (default {d.algo})")
+    p.add_argument("--steps", type=_positive_int, default=None, help=f"number of updates (default {d.steps}; "
+                                                                      f"with --resume: a new total)")
+    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"sequences per update (default {d.batch})")
+    p.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"hidden units (default {d.hidden})")
+    p.add_argument("--seed", type=_nonneg_int, default=d.seed, help=f"seed of weights and data (default {d.seed})")
+    p.add_argument("--lr", type=_positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--decay", type=_decay, default=None,
+                   help="ES-D-RTRL / hybrid trace decay in (0, 1) (default: the algorithm's, 0.9)")
+    p.add_argument("--clip", type=_positive_float, default=d.clip, help=f"gradient-norm clip (default {d.clip})")
+    p.add_argument("--eval-every", type=_nonneg_int, default=d.eval_every,
+                   help=f"measure the cosine of the online gradient to BPTT every N updates, 0 for never "
+                        f"(default {d.eval_every})")
+    p.add_argument("--ckpt-every", type=_nonneg_int, default=d.ckpt_every,
+                   help=f"checkpoint every N updates, 0 for only at the end (default {d.ckpt_every})")
+    p.add_argument("--carry-state", action="store_true",
+                   help="do not reset hidden states and traces between batches (one continuing stream)")
+    p.add_argument("--task-arg", type=_task_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="override a task size, e.g. --task-arg delay=20 (repeatable)")
+    p.add_argument("--out", default=None, help="output directory (default runs/<task>-<model>-<algo>)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run checkpointed in DIR with its saved settings")
+    p.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    sub.add_parser("tasks", help="list the tasks")
+    sub.add_parser("models", help="list the models")
+    sub.add_parser("algos", help="list the algorithms")
+    return parser
+
+
+def _train(args) -> int:
+    from etprop.experiment.runner import TrainConfig, train
+
+    if args.resume is not None:
+        train(out=args.out, resume=args.resume, steps=args.steps, plots_enabled=not args.no_plots,
+              progress=not args.quiet)
+        return 0
+    cfg = TrainConfig(task=args.task, model=args.model, algo=args.algo, batch=args.batch, hidden=args.hidden,
+                      seed=args.seed, lr=args.lr, decay=args.decay, clip=args.clip, eval_every=args.eval_every,
+                      ckpt_every=args.ckpt_every, carry_state=args.carry_state, task_args=dict(args.task_arg))
+    if args.steps is not None:
+        cfg.steps = args.steps
+    out = args.out or f"runs/{cfg.task}-{cfg.model}-{cfg.algo}"
+    train(cfg, out=out, plots_enabled=not args.no_plots, progress=not args.quiet)
+    return 0
+
+
+def _list(command: str) -> int:
+    if command == "tasks":
+        from etprop.tasks import TASKS
+        for name, cls in sorted(TASKS.items()):
+            print(f"{name:10s} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    elif command == "models":
+        from etprop.experiment import models
+        print(models.__doc__.split("\n\n")[1])
+    else:
+        from etprop.experiment.runner import ALGOS
+        for name, cls in sorted(ALGOS.items()):
+            print(f"{name:10s} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _list(args.command)
+    except EtpropError as e:
+        print(f"etprop {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

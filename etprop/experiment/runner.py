@@ -1,0 +1,327 @@
+"""Train a built-in network on a built-in task with any algorithm: the engine of ``etprop train``.
+
+One update = one batch of sequences: the learner scans the sequence forward, carrying
+eligibility traces (memory independent of the sequence length), and returns the gradient
+accumulated over the sequence; an optax optimiser applies it. Batch generation, the scan and
+the update are one jitted function of ``(state, step)``, and the data of step ``k`` depend only
+on ``(seed, k)``, so a run resumed from a checkpoint reproduces the uninterrupted run exactly.
+
+The run state (`save_checkpoint`) is ``{"params", "opt_state", "hidden", "others", "traces"}``.
+Hidden states and traces are reset before each sequence (independent trials), unless
+``carry_state``: then the trials form one stream and the network and its traces run on
+across updates.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import resource
+import time
+
+import brainstate
+import brainunit as u
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import etprop
+from etprop.errors import ArgumentError
+from etprop.experiment import plots
+from etprop.experiment.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from etprop.experiment.models import SPIKING, build_model
+from etprop.experiment.progress import Progress, format_seconds
+from etprop.tasks import get_task
+
+__all__ = ["TrainConfig", "ALGOS", "train", "Run"]
+
+# name -> learner class; names of the rules that exist in this etprop
+_ALGO_CLASSES = {"bptt": "BPTT", "d_rtrl": "D_RTRL", "es_d_rtrl": "ES_D_RTRL", "hybrid": "HybridDimVjpAlgorithm"}
+ALGOS = {k: getattr(etprop, v) for k, v in _ALGO_CLASSES.items() if hasattr(etprop, v)}
+_FACTORISED = {"es_d_rtrl", "hybrid"}
+_METRIC_FIELDS = ["step", "loss", "accuracy", "grad_cos_bptt", "wall_s"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a run (saved in the checkpoint; ``--resume`` reads it back)."""
+
+    task: str = "copying"
+    model: str = "gru"
+    algo: str = "es_d_rtrl"
+    steps: int = 300
+    batch: int = 32
+    hidden: int = 64
+    seed: int = 0
+    lr: float = 1e-2
+    decay: float | None = None  # ES-D-RTRL / hybrid: decay_or_rank (None: the algorithm's default)
+    clip: float = 1.0  # global gradient-norm clip
+    eval_every: int = 25  # cosine of the online gradient to BPTT, every this many updates (0: never)
+    ckpt_every: int = 100
+    carry_state: bool = False
+    task_args: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.algo not in ALGOS:
+            raise ArgumentError(f"unknown algorithm {self.algo!r}; choose one of {sorted(ALGOS)}")
+        for name in ("steps", "batch", "hidden"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ArgumentError(f"--{name} must be a positive integer, got {v!r}")
+        for name in ("eval_every", "ckpt_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ArgumentError(f"--{name.replace('_', '-')} must be a non-negative integer, got {v!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ArgumentError(f"--lr must be a positive number, got {self.lr!r}")
+        if not (self.clip > 0):
+            raise ArgumentError(f"--clip must be positive, got {self.clip!r}")
+        if self.decay is not None:
+            if self.algo not in _FACTORISED:
+                raise ArgumentError(f"--decay applies to es_d_rtrl and hybrid, not {self.algo}")
+            if not 0.0 < self.decay < 1.0:
+                raise ArgumentError(f"--decay must be in (0, 1), got {self.decay!r}")
+
+
+def _cosine(a: dict, b: dict) -> jax.Array:
+    va = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(a)])
+    vb = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(b)])
+    return jnp.dot(va, vb) / (jnp.linalg.norm(va) * jnp.linalg.norm(vb) + 1e-30)
+
+
+class Run:
+    """A built run: task, model, learner, optimiser and the jitted step functions.
+
+    Use `train` for the whole loop; `Run` is exposed for notebooks and tests.
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        import optax
+
+        cfg.validate()
+        self.cfg = cfg
+        self.task = get_task(cfg.task, **cfg.task_args)
+        task, B = self.task, cfg.batch
+        self.model = build_model(cfg.model, task.n_in, cfg.hidden, task.n_out, seed=cfg.seed)
+        brainstate.nn.init_all_states(self.model, batch_size=B)
+        x0 = jnp.zeros((B, task.n_in), jnp.float32)
+        algo_cls = ALGOS[cfg.algo]
+        opts = {} if cfg.decay is None else {"decay_or_rank": cfg.decay}
+        self.learner = etprop.compile(self.model, algo_cls, x0, batch_size=B, **opts)
+        self.optimizer = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.adam(cfg.lr))
+        self.data_key = jax.random.key(cfg.seed + 1)
+        mf = self.learner.graph.mf
+        _, self.hidden0, self.others0 = mf.values()
+        self.traces0 = self.learner.etrace.value
+        seq = self.learner.sequence_fn(task.step_loss, return_out=True)
+        self._bptt = None
+        if cfg.eval_every and cfg.algo != "bptt":
+            # a second learner on the same model: BPTT's gradient of the same batch, for the cosine
+            self._bptt = etprop.compile(self.model, etprop.BPTT, x0, batch_size=B)
+        optimizer, carry = self.optimizer, cfg.carry_state
+
+        def train_step(state, step):
+            batch = task.batch(jax.random.fold_in(self.data_key, step), B)
+            h, o, tr = ((state["hidden"], state["others"], state["traces"]) if carry
+                        else (self.hidden0, state["others"], self.traces0))
+            grads, losses, h, o, tr, outs = seq(state["params"], h, o, tr, batch.inputs, batch.targets, batch.mask)
+            norm = jnp.maximum(jnp.sum(batch.mask), 1.0)
+            grads = jax.tree.map(lambda g: g / norm, grads)
+            updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+            params = jax.tree.map(lambda p, d: p + d, state["params"], updates)
+            metrics = {"loss": jnp.sum(losses) / norm, "accuracy": task.accuracy(outs, batch)}
+            new = {"params": params, "opt_state": opt_state, "hidden": h, "others": o, "traces": tr}
+            return new, metrics
+
+        self.train_step = jax.jit(train_step)
+        if self._bptt is not None:
+            ref = self._bptt.sequence_fn(task.step_loss)
+            bptt_traces = self._bptt.etrace.value
+
+            def grad_cosine(state, step):
+                batch = task.batch(jax.random.fold_in(self.data_key, step), B)
+                args = (batch.inputs, batch.targets, batch.mask)
+                g_on = seq(state["params"], self.hidden0, state["others"], self.traces0, *args)[0]
+                g_ref = ref(state["params"], self.hidden0, state["others"], bptt_traces, *args)[0]
+                return _cosine(g_on, g_ref)
+
+            self.grad_cosine = jax.jit(grad_cosine)
+
+        eval_key = jax.random.key(cfg.seed + 10_000)
+
+        def evaluate(params, others):
+            batch = task.batch(eval_key, B)
+            out = seq(params, self.hidden0, others, self.traces0, batch.inputs, batch.targets, batch.mask)[-1]
+            return task.accuracy(out, batch), batch, out
+
+        self.evaluate = jax.jit(evaluate)
+
+    def initial_state(self) -> dict:
+        params = self.learner.params()
+        return {"params": params, "opt_state": self.optimizer.init(params), "hidden": self.hidden0,
+                "others": self.others0, "traces": self.traces0}
+
+    def compile(self, state) -> int | None:
+        """Compile the update ahead of time (so the first step's time is the step's own);
+        returns the bytes of its XLA temporaries (None where XLA does not say)."""
+        compiled = self.train_step.lower(state, jnp.int32(0)).compile()
+        self.train_step = compiled
+        try:
+            return int(compiled.memory_analysis().temp_size_in_bytes)
+        except Exception:  # noqa: BLE001 -- memory analysis is optional per backend
+            return None
+
+    def record(self, params, inputs) -> tuple[dict, np.ndarray]:
+        """Run one batch forward with ``params`` from reset states; returns the network's
+        ``observe()`` arrays and outputs for sample 0, time leading."""
+        self.learner.set_params(params)
+        self.learner.reset()
+        model = self.model
+
+        def body(x):
+            out = model(x)
+            return out, model.observe()
+
+        outs, obs = brainstate.transform.jit(lambda xs: brainstate.transform.for_loop(body, xs))(inputs)
+        self.learner.reset()
+        pick = lambda a: np.asarray(u.get_mantissa(a))[:, 0]
+        return {k: pick(v) for k, v in obs.items()}, pick(outs)
+
+
+def _config_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _read_rows(path: str, upto: int) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: (int(v) if k == "step" else (float(v) if v != "" else "")) for k, v in r.items()}
+                for r in csv.DictReader(f)]
+    return [r for r in rows if r["step"] <= upto]
+
+
+def _write_rows(path: str, rows: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=_METRIC_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _peak_memory_text(step_temp: int | None) -> str:
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return f"peak device memory {stats['peak_bytes_in_use'] / 2 ** 20:.1f} MiB"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    text = f"peak RSS {rss:.0f} MiB"
+    return text + (f", update temporaries {step_temp / 2 ** 20:.2f} MiB" if step_temp is not None else "")
+
+
+def train(cfg: TrainConfig | None = None, *, out: str | None = None, resume: str | None = None,
+          steps: int | None = None, plots_enabled: bool = True, progress: bool = True, log=print) -> dict:
+    """Train, writing ``metrics.csv``, PNG figures and checkpoints to ``out``.
+
+    Args:
+      cfg: the run's configuration (ignored with ``resume``, which reads it back).
+      out: output directory (with ``resume``: defaults to the resumed directory).
+      resume: a directory holding a checkpoint; training continues from it exactly.
+      steps: with ``resume``, a new total number of updates (to extend a finished run).
+      plots_enabled, progress: figures and the progress line.
+      log: where summary lines go.
+
+    Returns:
+      ``{"accuracy", "loss", "steps", "wall_s", "out", "chance", ...}`` of the final state.
+    """
+    if resume is not None:
+        meta = read_meta(resume)
+        saved = dict(meta["config"])
+        cfg = TrainConfig(**saved)
+        if steps is not None:
+            cfg.steps = int(steps)
+        out = out or resume
+    elif cfg is None:
+        cfg = TrainConfig()
+    if out is None:
+        raise ArgumentError("give an output directory (--out DIR)")
+    os.makedirs(out, exist_ok=True)
+    with brainstate.environ.context(dt=1.0 * u.ms):  # spiking models: 1 ms steps (read when traced)
+        return _train(cfg, out, resume, plots_enabled, progress, log)
+
+
+def _train(cfg, out, resume, plots_enabled, progress, log):
+    t_start = time.perf_counter()
+    run = Run(cfg)
+    state = run.initial_state()
+    start = 0
+    metrics_path = os.path.join(out, "metrics.csv")
+    rows: list[dict] = []
+    if resume is not None:
+        state, meta = load_checkpoint(resume, state)
+        start = int(meta["step"])
+        rows = _read_rows(os.path.join(resume, "metrics.csv"), start)
+        log(f"resumed from {resume} at update {start}")
+    t_compile = time.perf_counter()
+    step_temp = run.compile(state)
+    log(f"etprop train: task={cfg.task} model={cfg.model} algo={cfg.algo} hidden={cfg.hidden} batch={cfg.batch} "
+        f"T={run.task.n_steps} updates={cfg.steps} (compiled in {time.perf_counter() - t_compile:.1f} s)")
+    bar = Progress(cfg.steps, start=start, enabled=progress)
+    config = _config_dict(cfg)
+    last = {"loss": float("nan"), "accuracy": float("nan")}
+    done = start
+    try:
+        for k in range(start + 1, cfg.steps + 1):
+            cos = None
+            if run._bptt is not None and cfg.eval_every and (k - 1) % cfg.eval_every == 0:
+                cos = float(run.grad_cosine(state, jnp.int32(k)))  # gradient at the parameters this update uses
+            new_state, m = run.train_step(state, jnp.int32(k))
+            last = {key: float(v) for key, v in m.items()}  # waits for the step to finish
+            state, done = new_state, k
+            if not all(math.isfinite(v) for v in last.values()):
+                raise etprop.NumericalError(f"update {k}: loss or accuracy is NaN/inf ({last}); lower --lr "
+                                            f"(now {cfg.lr}) or --clip")
+            rows.append({"step": k, "loss": last["loss"], "accuracy": last["accuracy"],
+                         "grad_cos_bptt": "" if cos is None else cos, "wall_s": time.perf_counter() - t_start})
+            bar.update(k, loss=last["loss"], acc=last["accuracy"])
+            if cfg.ckpt_every and k % cfg.ckpt_every == 0 and k < cfg.steps:
+                save_checkpoint(out, state, step=k, config=config)
+                _write_rows(metrics_path, rows)
+    except KeyboardInterrupt:
+        bar.close()
+        rows = [r for r in rows if r["step"] <= done]
+        save_checkpoint(out, state, step=done, config=config)
+        _write_rows(metrics_path, rows)
+        log(f"interrupted after update {done}; continue with: etprop train --resume {out}")
+        raise
+    bar.close()
+    save_checkpoint(out, state, step=cfg.steps, config=config)
+    _write_rows(metrics_path, rows)
+    acc, batch, outs = run.evaluate(state["params"], state["others"])
+    acc = float(acc)
+    figures = []
+    if plots_enabled and rows:
+        if plots.available():
+            title = f"{cfg.task} / {cfg.model} / {cfg.algo}"
+            path = os.path.join(out, "curves.png")
+            plots.plot_curves(path, rows, title=title, chance=run.task.chance,
+                              metric_name="accuracy" if run.task.kind == "classification" else "1 - NMSE")
+            figures.append(path)
+            if cfg.model in SPIKING:
+                obs, o = run.record(state["params"], batch.inputs)
+                path = os.path.join(out, "activity.png")
+                plots.plot_activity(path, obs, o, title=title)
+                figures.append(path)
+        else:
+            log("matplotlib is not installed: no figures (pip install 'etprop[examples]')")
+    wall = time.perf_counter() - t_start
+    summary = {"task": cfg.task, "model": cfg.model, "algo": cfg.algo, "steps": cfg.steps, "accuracy": acc,
+               "chance": run.task.chance, "loss": last["loss"], "wall_s": wall, "out": out, "figures": figures}
+    log(f"done: task={cfg.task} model={cfg.model} algo={cfg.algo} updates={cfg.steps} "
+        f"eval accuracy={acc:.3f} (chance {run.task.chance:.3f}) train loss={last['loss']:.4f} "
+        f"wall {format_seconds(wall)} ({wall:.1f} s) {_peak_memory_text(step_temp)} -> {out}")
+    return summary
+

@@ -1,0 +1,88 @@
+"""Delayed match-to-sample with Poisson spike input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from etprop.errors import ArgumentError
+from etprop.tasks.base import Batch, Task, population_spikes, spike_prob
+
+__all__ = ["DMS"]
+
+
+class DMS(Task):
+    """See a sample stimulus, hold it through a delay, see a test stimulus, report match or not.
+
+    Input populations (channels in this order), ``p = pop_size``, ``S = n_stimuli``::
+
+        stimulus k [k p, (k+1) p)  for k < S   fires at cue_rate while stimulus k is shown
+        recall [S p, (S+1) p)                 fires at cue_rate during the decision period
+        noise [(S+1) p, (S+1) p + n_noise)    fires at noise_rate throughout
+
+    Timeline (``T = 2 * cue_steps + delay + recall_steps``): sample for ``cue_steps``, ``delay``
+    silent steps, test for ``cue_steps``, then the decision period. Half the trials match (test =
+    sample); otherwise the test is one of the other stimuli, uniformly.
+
+    ``targets`` ``(T, B)`` int32, 1 = match and 0 = non-match at every step; ``mask`` 1 on the
+    decision steps. The default delay of 100 steps is the long-memory regime; shrink it for tests.
+    """
+
+    name = "dms"
+    kind = "classification"
+    spiking_input = True
+    defaults = {"n_stimuli": 2, "pop_size": 10, "n_noise": 10, "cue_steps": 20, "delay": 100,
+                "recall_steps": 10, "cue_rate": 100.0, "noise_rate": 10.0, "dt": 1.0}
+    may_be_zero = frozenset({"n_noise", "delay"})
+
+    def _validate(self):
+        if self.n_stimuli < 2:
+            raise ArgumentError(f"task 'dms': n_stimuli must be >= 2, got {self.n_stimuli}")
+        self._check_prob("cue_rate")
+        self._check_prob("noise_rate")
+
+    @property
+    def n_in(self) -> int:
+        return (self.n_stimuli + 1) * self.pop_size + self.n_noise
+
+    @property
+    def n_out(self) -> int:
+        return 2
+
+    @property
+    def n_steps(self) -> int:
+        return 2 * self.cue_steps + self.delay + self.recall_steps
+
+    @property
+    def chance(self) -> float:
+        return 0.5
+
+    def windows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(T,)`` bool masks of the sample, test and decision periods."""
+        t = np.arange(self.n_steps)
+        test_start = self.cue_steps + self.delay
+        return (t < self.cue_steps,
+                (t >= test_start) & (t < test_start + self.cue_steps),
+                t >= self.n_steps - self.recall_steps)
+
+    def batch(self, key: jax.Array, batch_size: int) -> Batch:
+        S, B = self.n_stimuli, batch_size
+        k_sample, k_match, k_other, k_spike = jax.random.split(key, 4)
+        sample = jax.random.randint(k_sample, (B,), 0, S, dtype=jnp.int32)
+        match = jax.random.bernoulli(k_match, 0.5, (B,))
+        # A shift in [1, S) never lands back on the sample, and is uniform over the others.
+        other = (sample + jax.random.randint(k_other, (B,), 1, S, dtype=jnp.int32)) % S
+        test = jnp.where(match, sample, other)
+
+        in_sample, in_test, in_recall = (jnp.asarray(w)[:, None] for w in self.windows())
+        shown = jnp.where(in_sample, sample, jnp.where(in_test, test, -1))           # (T, B), -1: none
+        pc, pn = spike_prob(self.cue_rate, self.dt), spike_prob(self.noise_rate, self.dt)
+        prob = jnp.concatenate([
+            jax.nn.one_hot(shown, S, dtype=jnp.float32) * pc,                      # -1 -> all zeros
+            jnp.broadcast_to(in_recall, shown.shape)[..., None].astype(jnp.float32) * pc,
+            jnp.full(shown.shape + (1,), pn, jnp.float32)], axis=-1)
+        inputs = population_spikes(k_spike, prob, (self.pop_size,) * (S + 1) + (self.n_noise,))
+        targets = jnp.broadcast_to(match.astype(jnp.int32), (self.n_steps, B))
+        mask = jnp.asarray(self.windows()[2], jnp.float32)
+        return Batch(inputs, targets, mask)

@@ -1,0 +1,166 @@
+"""`etprop train` run in-process on tiny budgets: outputs, exact resume, errors."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from etprop import cli
+from etprop.experiment import Run, TrainConfig, load_checkpoint, progress
+from etprop.experiment import runner as runner_mod
+
+TINY = ["--batch", "4", "--hidden", "8", "--quiet", "--task-arg", "length=2", "--task-arg", "delay=2"]
+
+
+def _rows(path):
+    with open(os.path.join(path, "metrics.csv")) as f:
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(f)]
+
+
+def _saved_state(path):
+    with np.load(os.path.join(path, "checkpoint", "state.npz")) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_train_writes_metrics_figures_and_checkpoint(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    rc = cli.main(["train", "--steps", "4", "--eval-every", "2", "--out", out] + TINY)
+    assert rc == 0
+    rows = _rows(out)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    cos = [float(r["grad_cos_bptt"]) for r in rows if r["grad_cos_bptt"]]
+    assert len(cos) == 2 and all(-1.0 <= c <= 1.0 + 1e-6 for c in cos)
+    assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
+    assert os.path.isfile(os.path.join(out, "checkpoint", "meta.json"))
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("done: task=copying model=gru algo=es_d_rtrl updates=4 eval accuracy=")
+    assert "peak" in summary and "chance 0.250" in summary
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    """6 updates straight == 3 updates, stop, resume to 6: same metrics and parameters.
+    With --carry-state the hidden states and traces cross updates, so they must be restored too."""
+    common = ["--algo", "d_rtrl", "--eval-every", "2", "--carry-state", "--no-plots"] + TINY
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert cli.main(["train", "--steps", "6", "--out", a] + common) == 0
+    assert cli.main(["train", "--steps", "3", "--out", b] + common) == 0
+    assert len(_rows(b)) == 3
+    assert cli.main(["train", "--resume", b, "--steps", "6", "--quiet", "--no-plots"]) == 0
+    assert _rows(a) == _rows(b)
+    pa, pb = _saved_state(a), _saved_state(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+    assert any("traces" in k for k in pa) and any("hidden" in k for k in pa)
+
+
+def test_interrupt_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during training leaves a checkpoint of the last finished update."""
+    common = ["--algo", "es_d_rtrl", "--eval-every", "0", "--carry-state", "--no-plots"] + TINY
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert cli.main(["train", "--steps", "5", "--out", a] + common) == 0
+
+    real_update = progress.Progress.update
+
+    def interrupt_at_3(self, step, **m):
+        real_update(self, step, **m)
+        if step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(progress.Progress, "update", interrupt_at_3)
+    assert cli.main(["train", "--steps", "5", "--out", b] + common) == 130
+    monkeypatch.setattr(progress.Progress, "update", real_update)
+    assert "interrupted after update 3" in capsys.readouterr().out
+    assert cli.main(["train", "--resume", b, "--quiet", "--no-plots"]) == 0
+    assert _rows(a) == _rows(b)
+
+
+@pytest.mark.parametrize("model,task,algo,args", [
+    ("lif", "evidence", "es_d_rtrl", ["n_cues=1", "cue_steps=3", "gap_steps=1", "delay=2", "recall_steps=2"]),
+    ("alif", "dms", "d_rtrl", ["cue_steps=3", "delay=3", "recall_steps=2"]),
+    ("lru", "adding", "hybrid", ["length=6"]),
+    ("gru", "pattern", "bptt", ["length=8", "n_inputs=6"]),
+])
+def test_every_model_runs_on_a_task(tmp_path, model, task, algo, args):
+    out = str(tmp_path / model)
+    argv = ["train", "--model", model, "--task", task, "--algo", algo, "--steps", "2", "--batch", "2",
+            "--hidden", "6", "--eval-every", "0", "--quiet", "--out", out]
+    for a in args:
+        argv += ["--task-arg", a]
+    assert cli.main(argv) == 0
+    rows = _rows(out)
+    assert len(rows) == 2 and all(np.isfinite(float(r["loss"])) for r in rows)
+    if model in ("lif", "alif"):
+        assert os.path.getsize(os.path.join(out, "activity.png")) > 1000
+
+
+def test_spiking_record_gives_spikes_and_potentials(tmp_path):
+    cfg = TrainConfig(task="evidence", model="lif", algo="d_rtrl", batch=2, hidden=5, eval_every=0,
+                      task_args={"n_cues": 1, "cue_steps": 3, "gap_steps": 1, "delay": 2, "recall_steps": 2})
+    with runner_mod.brainstate.environ.context(dt=1.0 * runner_mod.u.ms):
+        run = Run(cfg)
+        state = run.initial_state()
+        batch = run.task.batch(jax.random.key(0), 2)
+        obs, outs = run.record(state["params"], batch.inputs)
+    T = run.task.n_steps
+    assert obs["spikes"].shape == (T, 5) and obs["v"].shape == (T, 5)
+    assert set(np.unique(obs["spikes"])) <= {0.0, 1.0}
+    assert outs.shape == (T, run.task.n_out)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--steps", "-3"], "--steps: expected a positive integer, got '-3'"),
+    (["train", "--task", "nope"], "argument --task: invalid choice: 'nope'"),
+    (["train", "--lr", "abc"], "--lr: expected a positive number, got 'abc'"),
+    (["train", "--decay", "1.5"], "--decay: expected a number in (0, 1), got '1.5'"),
+    (["train", "--task-arg", "delay"], "expected KEY=VALUE"),
+])
+def test_bad_flag_values_are_one_line_errors(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--task-arg", "bogus=3"], "bogus"),
+    (["train", "--algo", "d_rtrl", "--decay", "0.5"], "--decay applies to es_d_rtrl and hybrid"),
+    (["train", "--resume", "/nonexistent/run"], "no checkpoint in '/nonexistent/run'"),
+])
+def test_library_errors_are_one_line(argv, needle, capsys, tmp_path):
+    assert cli.main(argv + ["--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and err.startswith("etprop train: error:")
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    out = str(tmp_path / "gru")
+    assert cli.main(["train", "--steps", "1", "--eval-every", "0", "--no-plots", "--out", out] + TINY) == 0
+    cfg = TrainConfig(model="lru", batch=4, hidden=8, eval_every=0, task_args={"length": 2, "delay": 2})
+    run = Run(cfg)
+    with pytest.raises(Exception, match="has no entry|expects"):
+        load_checkpoint(out, run.initial_state())
+
+
+def test_help_and_module_entry_point():
+    res = subprocess.run([sys.executable, "-m", "etprop", "train", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0
+    for flag in ("--task", "--model", "--algo", "--steps", "--batch", "--hidden", "--seed", "--lr", "--decay",
+                 "--out", "--resume", "metrics.csv", "checkpoint/"):
+        assert flag in res.stdout
+
+
+def test_progress_line_reports_rate_and_eta():
+    import io
+    s = io.StringIO()
+    p = progress.Progress(10, stream=s, log_interval=0.0)
+    p.update(5, loss=0.5, acc=0.75)
+    line = s.getvalue()
+    assert line.startswith("5/10 [") and "loss 0.5" in line and "acc 0.75" in line
+    assert "step/s" in line and "ETA" in line
