@@ -1,7 +1,8 @@
 """etprop: online training of recurrent and spiking networks in JAX by eligibility-trace propagation."""
 
+from etprop.algorithms import EProp, OSTLFeedforward, OSTLRecurrent, RuleConfig, ThreeFactor, rule
 from etprop.algorithms import (BPTT, D_RTRL, ES_D_RTRL, HybridDimVjpAlgorithm, IODimVjpAlgorithm,
-                               OnlineAlgorithm, ParamDimVjpAlgorithm, pp_prop)
+                               OnlineAlgorithm, ParamDimVjpAlgorithm, RTRL, SnAp, UORO, pp_prop)
 from etprop.errors import (ArgumentError, CompilationError, EtpropError, NotSupportedError, NumericalError,
                            OperandError)
 from etprop.grad import GradExpon
@@ -24,8 +25,10 @@ __all__ = [
     # core types
     "SingleStepData", "MultiStepData", "EligibilityTrace", "GradExpon",
     # online learning
+    "EProp", "OSTLRecurrent", "OSTLFeedforward", "ThreeFactor", "RuleConfig", "rule",
     "compile", "OnlineAlgorithm", "D_RTRL", "ParamDimVjpAlgorithm", "ES_D_RTRL", "IODimVjpAlgorithm", "pp_prop",
-    "HybridDimVjpAlgorithm", "BPTT", "compile_graph", "ETraceGraph", "HiddenGroup", "Relation",
+    "HybridDimVjpAlgorithm", "BPTT", "RTRL", "SnAp", "UORO", "compile_graph", "ETraceGraph", "HiddenGroup",
+    "Relation",
     # layers
     "nn",
     # errors

@@ -1,0 +1,274 @@
+"""e-prop (Bellec et al. 2020): eligibility traces x a learning signal from the readout error.
+
+Per relation (one weight ``W``, one hidden group of ``S`` states, per sample) e-prop is
+
+    grad W = sum_t  L^t . ebar^t                      (summed over positions and states)
+
+with three ingredients, each a choice here:
+
+* the eligibility trace ``e^t[a] = sum_s D^t[a][s] e^{t-1}[s] + dh_a^t/dW|_now``: the
+  per-position (``S x S`` block) recursion with operator inputs cut -- exactly D-RTRL's
+  per-parameter trace (`etprop.D_RTRL`), so e-prop inherits its trace code and memory
+  ``O(S |W|)`` per sample;
+* the learning signal ``L^t``: the error ``err^t = dL^t/d out^t`` sent back to the hidden
+  states through the readout. ``feedback='symmetric'`` uses the readout's own transposed
+  Jacobian (the exact one-step signal D-RTRL uses); ``feedback='random'`` (random e-prop /
+  feedback alignment) uses a FIXED random matrix ``B`` of shape ``(n_out, n_hidden)`` in
+  place of the transposed readout weight ``W_out^T``;
+* an optional low-pass filter of the trace, ``ebar^t = kappa ebar^{t-1} + e^t`` (``kappa``
+  in ``[0, 1)``; Bellec et al. use the readout's leak). ``kappa = 0`` is no filter.
+
+How the random learning signal is injected (the design choice). The learner never forms
+``dL/dh`` by hand: the backward pass linearises the step (exact reverse mode through the
+step or window) and reads ``delta = dL^t/dh^{t-1}`` and the direct gradients from one
+pullback. Random feedback runs that SAME pullback with the readout weight's value replaced
+by ``B^T`` (`backward_params`); the forward pass still uses the real weight. For a readout
+``out = z(h) @ W_out (+ b)`` the cotangent reaching ``z`` is then ``err @ B`` instead of
+``err @ W_out^T``, and everything downstream is unchanged: the per-state sensitivity
+``dz/dh_a`` (e-prop's pseudo-derivative ``psi``, e.g. ``tanh'(v)`` and the surrogate of a
+spike read out in the same step), multi-state groups, several readout paths, windows of
+``K > 1`` steps and the closed-form chunks all stay exact for the substituted matrix. The
+alternative -- overwrite ``dL/dh`` of one state with ``err @ B`` -- would have to guess which
+state the readout reads and drop ``psi``. The readout weight's own gradient from this
+pullback is ``z^T err``, which does not involve the weight's value, so it stays the exact
+instantaneous gradient. For that to hold the output must depend on the readout weight
+linearly (matmul, bias, sums, reshapes); a nonlinearity after it (``tanh(z @ W)``) would be
+linearised at ``z @ B^T``, so it is refused at compile time (apply it in the loss).
+
+Filter and forward pass. The filtered trace is part of the trace state and advances in
+`advance_relation`, i.e. with the forward step: `etrace_evolve` (a warm-up without
+gradients) advances it like any trace. The per-step gradient is
+``direct_t + delta^t . ebar^{t-1}``: the filter acts on the trace that meets the learning
+signal, the current step's own term is exact (with ``kappa = 0`` this is D-RTRL's formula).
+Factorised (``io``) relations -- weights without a per-parameter trace, like conv
+kernels -- filter their output-side trace ``ef`` (the filter of a product is not a
+product: an approximation, stated in the report).
+"""
+
+from __future__ import annotations
+
+import brainstate
+import brainunit as u
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from etprop.algorithms.etrace import _TraceRules, _sum
+from etprop.errors import ArgumentError
+from etprop.graph import _jaxpr
+from etprop.graph.compiler import Relation, deps_of_in
+
+__all__ = ["EProp"]
+
+# primitives that are linear in an operand carrying the readout weight (with the other
+# operands independent of it): random feedback is exact through these
+_LINEAR = {"add", "add_any", "sub", "neg", "mul", "dot_general", "reshape", "broadcast_in_dim", "transpose",
+           "squeeze", "expand_dims", "reduce_sum", "convert_element_type", "copy", "copy_p", "concatenate",
+           "slice", "dynamic_slice", "pad", "rev", "select_n", "div"}
+_BILINEAR = {"mul", "dot_general"}  # at most one operand may carry the weight
+
+
+def _check_kappa(kappa) -> float:
+    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0.0 <= float(kappa) < 1.0:
+        raise ArgumentError(f"EProp: kappa (trace low-pass factor) must be a float in [0, 1), got {kappa!r}; "
+                            f"use 0.0 for no filter")
+    return float(kappa)
+
+
+def _nonlinear_use(jaxpr, carrying: set) -> str | None:
+    """The first primitive through which vars in ``carrying`` reach an output non-linearly
+    (None if every use is linear in them)."""
+    carrying = set(carrying)
+    for eqn in jaxpr.eqns:
+        hits = [j for j, v in enumerate(eqn.invars) if not isinstance(v, _jaxpr.jcore.Literal) and v in carrying]
+        if not hits:
+            continue
+        name = eqn.primitive.name
+        if name in ("jit", "pjit", "closed_call"):
+            inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+            inner = getattr(inner, "jaxpr", inner)
+            bad = _nonlinear_use(inner, {inner.invars[j] for j in hits})
+            if bad:
+                return bad
+        elif name not in _LINEAR:
+            return name
+        elif name in _BILINEAR and len(hits) > 1:
+            return f"{name} (weight times weight)"
+        elif name == "div" and hits != [0]:
+            return "div (weight in the denominator)"
+        elif name == "select_n" and 0 in hits:
+            return "select_n (weight in the predicate)"
+        carrying.update(eqn.outvars)
+    return None
+
+
+class EProp(_TraceRules):
+    """e-prop: D-RTRL's eligibility traces, a symmetric or fixed random learning signal, and
+    an optional low-pass trace filter (see the module docstring for the maths).
+
+    Args:
+      model: the brainstate model.
+      feedback: ``'symmetric'`` (the readout's transposed Jacobian: with ``kappa=0`` this is
+        exactly `D_RTRL`), ``'random'`` (a fixed Gaussian ``B`` of shape ``(n_out, n_hidden)``,
+        i.e. the readout weight's shape reversed, drawn once at compile time from ``seed``
+        with the readout weight's RMS, or ``1/sqrt(n_hidden)`` if that is 0), or an array
+        ``B`` of that shape.
+      kappa: low-pass factor of the trace in ``[0, 1)``; the filtered trace advances with
+        the forward step. ``kappa > 0`` computes per step (no closed-form chunks).
+      seed: seed of the random feedback matrix.
+      readout: with random feedback, the name of the readout weight (as in
+        ``learner.params()``, e.g. ``'w_out'``); found automatically when exactly one 2-D
+        untraced parameter reaches the output and no hidden state.
+
+    Memory per sample ``O(S |W|)`` per traced weight (twice that with ``kappa > 0``) plus
+    ``|B|`` once.
+    """
+
+    name = "e-prop"
+
+    def __init__(self, model, feedback="symmetric", kappa: float = 0.0, seed: int = 0, readout: str | None = None):
+        super().__init__(model)
+        if isinstance(feedback, str):
+            if feedback not in ("symmetric", "random"):
+                raise ArgumentError(f"EProp: feedback must be 'symmetric', 'random' or an array B of shape "
+                                    f"(n_out, n_hidden), got {feedback!r}")
+            self._given_b = None
+        else:
+            self._given_b = jnp.asarray(feedback)
+            feedback = "given"
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ArgumentError(f"EProp: seed must be an int, got {seed!r}")
+        if readout is not None and not isinstance(readout, str):
+            raise ArgumentError(f"EProp: readout must be a parameter name (str) such as 'w_out', got {readout!r}")
+        self.feedback = feedback
+        self.kappa = _check_kappa(kappa)
+        self.seed = int(seed)
+        self.readout = readout
+        self.readout_leaf = None
+        self.feedback_matrix = None
+        if self.kappa > 0:
+            self.default_chunk = 0  # the closed form has no filter state: per-step mode
+
+    # -- compile: find the readout, draw B -----------------------------------------------------
+
+    def compile_graph(self, *example_inputs, batch_size=None):
+        super().compile_graph(*example_inputs, batch_size=batch_size)
+        if self.feedback != "symmetric":
+            self.readout_leaf = self._find_readout()
+            w = self.graph.param_leaf_avals[self.readout_leaf]
+            shape = tuple(w.shape)[::-1]
+            if self._given_b is not None:
+                b = self._given_b
+                if tuple(b.shape) != shape:
+                    raise ArgumentError(f"EProp: the feedback matrix must have shape {shape} (the readout "
+                                        f"'{self.graph.param_leaf_names[self.readout_leaf]}' {tuple(w.shape)} "
+                                        f"reversed), got {tuple(b.shape)}")
+            else:
+                b = self._draw_feedback(shape, w.dtype)
+            # a non-trainable state: fixed across calls, visible in learner.states()
+            self.feedback_matrix = brainstate.State(jnp.asarray(b, w.dtype))
+        return self
+
+    def _draw_feedback(self, shape, dtype):
+        value = u.get_mantissa(jax.tree.leaves(self.graph.mf.values()[0])[self.readout_leaf])
+        rms = float(jnp.sqrt(jnp.mean(jnp.square(jnp.asarray(value, jnp.float32)))))
+        scale = rms if rms > 0 else 1.0 / np.sqrt(shape[-1])
+        return jax.random.normal(jax.random.key(self.seed), shape, dtype) * scale
+
+    def _find_readout(self) -> int:
+        g = self.graph
+        jaxpr = g.closed.jaxpr
+        n_p, n_out = g.n_param_leaves, g.n_out
+        names = g.param_leaf_names
+        pdep = _jaxpr.dependencies(jaxpr, {v: {i} for i, v in enumerate(jaxpr.invars[:n_p])})
+        reach_out = set().union(*[deps_of_in(pdep, v) for v in jaxpr.outvars[:n_out]])
+        reach_state = set().union(*[deps_of_in(pdep, v) for v in jaxpr.outvars[n_out:]])
+        traced = set(g.traced_leaves)
+        cands = [i for i in sorted(reach_out) if i not in reach_state and i not in traced]
+        if self.readout is not None:
+            by_name = [i for i, n in enumerate(names) if n == self.readout or n.split("[")[0] == self.readout]
+            if len(by_name) != 1:
+                raise ArgumentError(f"EProp: readout={self.readout!r} names {len(by_name)} parameter leaves; "
+                                    f"choose one of {list(names)}")
+            leaf = by_name[0]
+            if leaf not in cands:
+                why = ("it is traced" if leaf in traced else "it drives hidden states" if leaf in reach_state
+                       else "the output does not depend on it")
+                raise ArgumentError(f"EProp: readout {names[leaf]!r} cannot carry random feedback: {why}. "
+                                    f"Readout candidates: {[names[i] for i in cands]}")
+        else:
+            two_d = [i for i in cands if len(g.param_leaf_avals[i].shape) >= 2]
+            if len(two_d) != 1:
+                raise ArgumentError(f"EProp(feedback='random'): cannot tell the readout weight; untraced "
+                                    f"parameters that reach only the output: {[names[i] for i in cands]}. "
+                                    f"Pass readout='name' (one of them) or use feedback='symmetric'")
+            leaf = two_d[0]
+        bad = _nonlinear_use(jaxpr, {jaxpr.invars[leaf]})
+        if bad:
+            raise ArgumentError(f"EProp(feedback='random'): the output depends on readout {names[leaf]!r} "
+                                f"non-linearly (through {bad}); random feedback replaces only the weight's "
+                                f"transpose, so put that nonlinearity into the loss or use feedback='symmetric'")
+        return leaf
+
+    def backward_params(self, p_leaves: list) -> list:
+        if self.feedback_matrix is None:
+            return p_leaves
+        p = list(p_leaves)
+        p[self.readout_leaf] = jnp.transpose(self.feedback_matrix.value).astype(p[self.readout_leaf].dtype)
+        return p
+
+    # -- traces: D-RTRL's, plus the filter ------------------------------------------------------
+
+    def relation_kind(self, rel: Relation) -> str:
+        return "param" if rel.diagonal else "io"
+
+    def init_relation_trace(self, rel: Relation, kind: str):
+        base = super().init_relation_trace(rel, kind)
+        if self.kappa == 0:
+            return base
+        filt = base if kind == "param" else base["ef"]
+        return {"e": base, "f": [jnp.zeros_like(a) for a in filt]}
+
+    def advance_relation(self, rel: Relation, kind: str, trace, sig, count):
+        if self.kappa == 0:
+            return super().advance_relation(rel, kind, trace, sig, count)
+        e = super().advance_relation(rel, kind, trace["e"], sig, count)
+        new = e if kind == "param" else e["ef"]
+        k = self.kappa
+        return {"e": e, "f": [k * f + n for f, n in zip(trace["f"], new)]}
+
+    def relation_history(self, rel: Relation, kind: str, trace, delta, operands, count):
+        if self.kappa == 0:
+            return super().relation_history(rel, kind, trace, delta, operands, count)
+        S = len(delta)
+        if kind == "param":
+            return self.bsum(_sum([self.expand(rel, operands, delta[a]) * trace["f"][a] for a in range(S)]))
+        ex_hat, _ = self.io_snapshot(rel, trace["e"], count)
+        c = _sum([delta[a] * trace["f"][a] for a in range(S)])
+        if rel.n_x == 0:
+            return self.param_vjp_sum(rel, operands, c)
+        return self.param_vjp_sum(rel, operands, c, x_override=[ex_hat])
+
+    def filter_state(self):
+        """The filtered traces ``ebar`` per relation (batch leading), or None without a filter."""
+        self._require_graph()
+        if self.kappa == 0:
+            return None
+        return [t["f"] for t in self.etrace.value["rel"]]
+
+    def describe_kind(self, rel, kind):
+        sig = {"symmetric": "symmetric feedback", "random": f"random feedback (seed {self.seed})",
+               "given": "given feedback matrix"}[self.feedback]
+        filt = f", trace low-pass kappa={self.kappa:g}" if self.kappa else ""
+        if kind == "param":
+            return f"e-prop: per-parameter eligibility trace, {sig}{filt}"
+        extra = " (filter on the output-side trace: approximate)" if self.kappa else ""
+        return f"e-prop: factorised trace (no per-parameter trace exists), {sig}{filt}{extra}"
+
+    def report(self) -> str:
+        rep = super().report()
+        if self.feedback_matrix is not None:
+            name = self.graph.param_leaf_names[self.readout_leaf]
+            rep += (f"\nlearning signal: error @ B, B {tuple(self.feedback_matrix.value.shape)} fixed, in place of "
+                    f"{name}^T; {name} itself gets its exact instantaneous gradient")
+        return rep
