@@ -4,7 +4,8 @@
 
 Workload: the `lif` test model (100 inputs -> hidden LIF with exponential synapse, S = 2).
 Prints, per hidden size: BPTT ms/step; the floor (a bare jitted scan doing only the
-per-step S = 2 trace update ``e_a = D_a0 e_0 + D_a1 e_1 + u (x) Df_a`` on (B, I, H) arrays);
+per-step S = 2 trace update ``e_a = D_a0 e_0 + D_a1 e_1 + u (x) Df_a`` on (B, I, H) arrays,
+`benchmarks.run.trace_floor_fn`);
 D-RTRL per step (chunk 1) as a ratio to that floor; and D-RTRL over the sequence at each
 chunk size as a ratio to BPTT. Medians of 5 runs after one compile run.
 """
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import etprop  # noqa: E402
+from benchmarks.run import trace_floor_fn  # noqa: E402
 from tests.algorithms.models import LIFExpSyn, mse  # noqa: E402
 
 CHUNKS = (1, 4, 8, 16, 32, 64)
@@ -37,25 +39,11 @@ def _median_time(f, repeats=5):
     return sorted(ts)[len(ts) // 2]
 
 
-def _floor_fn(B, I, H):
-    @jax.jit
-    def floor(xs, d, df):
-        def body(e, inp):
-            x, dd, f = inp
-            u = x[:, :, None]
-            return (dd[0, 0] * e[0] + dd[0, 1] * e[1] + u * f[0],
-                    dd[1, 0] * e[0] + dd[1, 1] * e[1] + u * f[1]), None
-        return jax.lax.scan(body, (jnp.zeros((B, I, H)), jnp.zeros((B, I, H))), (xs, d, df))[0]
-    return floor
-
-
 def sweep(hidden, T=192, B=16, I=100):
     rows = []
     for H in hidden:
         xs = (jax.random.uniform(jax.random.key(0), (T, B, I)) < 0.1).astype(jnp.float32)
         ys = jnp.zeros((T, B, 2))
-        d = jax.random.uniform(jax.random.key(1), (T, 2, 2, B, 1, H))
-        df = jax.random.uniform(jax.random.key(2), (T, 2, B, 1, H))
 
         def model():
             m = LIFExpSyn(I, H, 2)
@@ -65,9 +53,9 @@ def sweep(hidden, T=192, B=16, I=100):
 
         bptt = etprop.compile(model(), etprop.BPTT, xs[0], batch_size=B)
         drtrl = etprop.compile(model(), etprop.D_RTRL, xs[0], batch_size=B)
-        floor = _floor_fn(B, I, H)
+        floor, floor_args = trace_floor_fn([(I, H)], B, T, S=2)  # the test model's group has S = 2
         tb = _median_time(lambda: bptt.etrace_grad(xs, ys, mse)[0])
-        tf = _median_time(lambda: floor(xs, d, df))
+        tf = _median_time(lambda: floor(*floor_args))
         per_chunk = {c: _median_time(lambda: drtrl.etrace_grad(xs, ys, mse, chunk_size=c)[0]) for c in CHUNKS}
         rows.append({"hidden": H, "bptt_ms_step": tb / T * 1e3, "floor_ms_step": tf / T * 1e3,
                      "per_step_over_floor": per_chunk[1] / tf,
@@ -88,7 +76,8 @@ def main(argv=None):
     print("|" + "---|" * (4 + len(CHUNKS)))
     for r in rows:
         print(f"| {r['hidden']} | {r['bptt_ms_step']:.3f} | {r['floor_ms_step']:.3f} | "
-              f"{r['per_step_over_floor']:.2f} | " + " | ".join(f"{r['chunk_over_bptt'][c]:.2f}" for c in CHUNKS) + " |")
+              f"{r['per_step_over_floor']:.2f} | "
+              + " | ".join(f"{r['chunk_over_bptt'][c]:.2f}" for c in CHUNKS) + " |")
     return rows
 
 

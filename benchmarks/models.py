@@ -1,29 +1,33 @@
-"""Benchmark workloads: a feed-forward LIF layer with an exponential synapse and a linear
-readout (``lif``), and a GRU with dense recurrence and a linear readout (``gru``).
+"""Benchmark networks, each written ONCE and run by etprop and by braintrace.
 
-Each network is written twice: once with ``etprop.matmul`` (for etprop's learners and the
-forward-only floor) and once with ``braintrace.matmul`` (for braintrace's learners), with the
-same initial weights for a given seed.
+A network takes the library as an argument (``lib=etprop`` or ``lib=braintrace``) and uses
+``lib.matmul`` for the weights learned online; nothing else differs. The same seed gives the
+same initial weights under both. Hidden states are made by ``init_state(batch_size)``, which
+``braintrace.compile`` calls itself (``brainstate.nn.init_all_states``) and the constructor calls
+when given ``batch_size`` (``etprop.compile`` uses the states the model already has).
 
-``lif``: per step, with ``g`` the synaptic current and ``v`` the membrane potential (one hidden
-group, S=2)::
+``LIFNet`` (workloads ``lif`` and ``deep``): ``n_layers`` feed-forward layers of Linear +
+LIF; layer ``k`` gets the spikes of layer ``k - 1`` (layer 0 the input). Per step and layer,
+with ``v`` the membrane potential (one hidden state per neuron, S = 1)::
 
-    g' = ds * g + x @ W + b
-    v  = dm * v + g'
+    v  = dm * v + lib.matmul(x, W, b)
     s  = spike(v - 1)                 (Heaviside, fast-sigmoid surrogate)
-    v' = v - s
-    out = (tanh(v') + s) @ W_out      (plain matmul: learned by the direct gradient only)
+    v' = v - s                        (reset by subtraction)
+    out = tanh(v'_last) @ W_out       (plain matmul: learned by the direct gradient only)
 
-``gru``: per step, gates as in ``tests/algorithms/models.py`` ``DenseGRU`` (each gate's weight
-acts on the concatenated input and hidden state, i.e. holds the input and the recurrent
-weights; plus a bias)::
+One layer is a diagonal model (each hidden state depends only on itself), on which D-RTRL is
+exact; the readout reads the hidden state ``v'``. Both matter for the etprop / braintrace
+equality check: braintrace 0.2.6's D-RTRL matches BPTT here, but not on an LIF layer with an
+exponential synapse (S = 2 states per neuron; 20-25 % max rel diff on ``W`` in float64).
 
-    xh  = [x, h]
-    z   = sigmoid(xh @ Wz + bz)
-    r   = sigmoid(xh @ Wr + br)
-    c   = tanh([x, r * h] @ Wh + bh)
+``GRUNet`` (workload ``gru``): gates as in ``tests/algorithms/models.py`` ``DenseGRU``; each
+gate's weight acts on ``[x, h]`` (input and recurrent weights in one matrix, plus a bias)::
+
+    z   = sigmoid(lib.matmul([x, h], Wz, bz))
+    r   = sigmoid(lib.matmul([x, h], Wr, br))
+    c   = tanh(lib.matmul([x, r * h], Wh, bh))
     h'  = (1 - z) * h + z * c
-    out = h' @ W_out                  (plain matmul: learned by the direct gradient only)
+    out = h' @ W_out                  (plain matmul)
 """
 
 from __future__ import annotations
@@ -31,11 +35,9 @@ from __future__ import annotations
 import brainstate as bs
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-import etprop
-
-__all__ = ["spike", "lif_step", "LIFExpSynNet", "make_braintrace_model", "mse", "init_weights",
-           "gru_step", "GRUNet", "make_braintrace_gru", "xent", "init_gru_weights"]
+__all__ = ["spike", "LIFNet", "GRUNet", "mse", "xent", "make_model"]
 
 
 @jax.custom_jvp
@@ -50,143 +52,92 @@ def _spike_jvp(primals, tangents):
     return spike(v), dv / (1.0 + 10.0 * jnp.abs(v)) ** 2
 
 
-def lif_step(w, w_out, g, v, x, *, matmul=etprop.matmul, ds=0.8, dm=0.9):
-    """One step as a pure function: ``(out, g', v')``. ``w = {"weight", "bias"}``.
-
-    The models below call it with their states; the forward-only floor scans it directly.
-    """
-    g = ds * g + matmul(x, w["weight"], w["bias"])
-    v = dm * v + g
-    s = spike(v - 1.0)
-    v = v - s
-    return (jnp.tanh(v) + s) @ w_out, g, v
+def _normal(rng, shape, scale, dtype):
+    return jnp.asarray(rng.standard_normal(shape) * scale, dtype)
 
 
-def init_weights(n_in, n_hid, n_out, seed=0):
-    k = jax.random.split(jax.random.key(seed), 2)
-    return {
-        "weight": jax.random.normal(k[0], (n_in, n_hid)) * (1.0 / jnp.sqrt(n_in)),
-        "bias": jnp.full((n_hid,), 0.05),
-        "w_out": jax.random.normal(k[1], (n_hid, n_out)) * (1.0 / jnp.sqrt(n_hid)),
-    }
+def _lib(lib):
+    if lib is None:
+        import etprop
+        return etprop
+    return lib
 
 
-class LIFExpSynNet(bs.nn.Module):
-    """etprop version. Hidden states are created with a leading batch axis when ``batch_size`` is set."""
+class LIFNet(bs.nn.Module):
+    """``n_layers`` feed-forward LIF layers of ``n_hid`` units and a linear readout (see module doc)."""
 
-    def __init__(self, n_in, n_hid, n_out, batch_size=None, seed=0, tau_syn=0.8, tau_mem=0.9):
+    def __init__(self, n_in, n_hid, n_out, *, lib=None, n_layers=1, batch_size=None, seed=0, dtype=jnp.float32,
+                 tau_mem=0.9):
         super().__init__()
-        w = init_weights(n_in, n_hid, n_out, seed)
-        self.w = bs.ParamState({"weight": w["weight"], "bias": w["bias"]})
-        self.w_out = bs.ParamState(w["w_out"])
+        self.matmul = _lib(lib).matmul
+        rng = np.random.default_rng(seed)  # numpy: no XLA compile per new shape
+        sizes = [n_in] + [n_hid] * n_layers
+        gain = lambda i: (1.0 if i == 0 else 4.0) / sizes[i] ** 0.5  # spikes in: sparser, larger weights
+        self.layers = [bs.ParamState({"weight": _normal(rng, (sizes[i], n_hid), gain(i), dtype),
+                                      "bias": jnp.full((n_hid,), 0.05, dtype)}) for i in range(n_layers)]
+        self.w_out = bs.ParamState(_normal(rng, (n_hid, n_out), 1.0 / n_hid ** 0.5, dtype))
+        self.n_hid, self.n_layers, self.dtype = n_hid, n_layers, dtype
+        self.dm = tau_mem
+        if batch_size is not None:
+            self.init_state(batch_size)
+
+    def init_state(self, batch_size=None, **kwargs):
         lead = () if batch_size is None else (batch_size,)
-        self.g = bs.HiddenState(jnp.zeros(lead + (n_hid,)))
-        self.v = bs.HiddenState(jnp.zeros(lead + (n_hid,)))
-        self.ds, self.dm = tau_syn, tau_mem
+        zeros = lambda: jnp.zeros(lead + (self.n_hid,), self.dtype)
+        self.v = [bs.HiddenState(zeros()) for _ in range(self.n_layers)]
 
     def update(self, x):
-        out, self.g.value, self.v.value = lif_step(self.w.value, self.w_out.value, self.g.value, self.v.value, x,
-                                                   matmul=etprop.matmul, ds=self.ds, dm=self.dm)
-        return out
-
-
-def make_braintrace_model(n_in, n_hid, n_out, seed=0, tau_syn=0.8, tau_mem=0.9):
-    """The same network on ``braintrace.matmul`` (imported lazily: braintrace is optional)."""
-    import braintrace
-
-    class BraintraceLIFExpSynNet(bs.nn.Module):
-        def __init__(self):
-            super().__init__()
-            w = init_weights(n_in, n_hid, n_out, seed)
-            self.w = bs.ParamState({"weight": w["weight"], "bias": w["bias"]})
-            self.w_out = bs.ParamState(w["w_out"])
-            self.n_hid = n_hid
-            self.ds, self.dm = tau_syn, tau_mem
-
-        def init_state(self, batch_size=None, **kwargs):
-            lead = () if batch_size is None else (batch_size,)
-            self.g = bs.HiddenState(jnp.zeros(lead + (self.n_hid,)))
-            self.v = bs.HiddenState(jnp.zeros(lead + (self.n_hid,)))
-
-        def update(self, x):
-            out, self.g.value, self.v.value = lif_step(self.w.value, self.w_out.value, self.g.value, self.v.value,
-                                                       x, matmul=braintrace.matmul, ds=self.ds, dm=self.dm)
-            return out
-
-    return BraintraceLIFExpSynNet()
-
-
-def mse(out, target):
-    """Per-sample step loss."""
-    return jnp.sum((out - target) ** 2)
-
-
-# ---------------------------------------------------------------------------------------------
-# GRU
-
-
-GRU_GATES = ("wh", "wr", "wz")
-
-
-def init_gru_weights(n_in, n_hid, n_out, seed=0):
-    """``{"wh"|"wr"|"wz": {"weight": (n_in + n_hid, n_hid), "bias": (n_hid,)}, "w_out": (n_hid, n_out)}``."""
-    k = jax.random.split(jax.random.key(seed), 4)
-    s = 1.0 / jnp.sqrt(n_in + n_hid)
-    w = {g: {"weight": jax.random.normal(ki, (n_in + n_hid, n_hid)) * s, "bias": jnp.zeros((n_hid,))}
-         for g, ki in zip(GRU_GATES, k[:3])}
-    w["w_out"] = jax.random.normal(k[3], (n_hid, n_out)) * (1.0 / jnp.sqrt(n_hid))
-    return w
-
-
-def gru_step(wz, wr, wh, w_out, h, x, *, matmul=etprop.matmul):
-    """One GRU step as a pure function: ``(out, h')``; ``wz, wr, wh = {"weight", "bias"}``."""
-    xh = jnp.concatenate([x, h], -1)
-    z = jax.nn.sigmoid(matmul(xh, wz["weight"], wz["bias"]))
-    r = jax.nn.sigmoid(matmul(xh, wr["weight"], wr["bias"]))
-    c = jnp.tanh(matmul(jnp.concatenate([x, r * h], -1), wh["weight"], wh["bias"]))
-    h = (1.0 - z) * h + z * c
-    return h @ w_out, h
+        for w, v in zip(self.layers, self.v):
+            vv = self.dm * v.value + self.matmul(x, w.value["weight"], w.value["bias"])
+            x = spike(vv - 1.0)
+            v.value = vv - x
+        return jnp.tanh(self.v[-1].value) @ self.w_out.value
 
 
 class GRUNet(bs.nn.Module):
-    """etprop version of the GRU. The hidden state has a leading batch axis when ``batch_size`` is set."""
+    """A GRU with dense recurrence and a linear readout (see module doc)."""
 
-    def __init__(self, n_in, n_hid, n_out, batch_size=None, seed=0):
+    GATES = ("wz", "wr", "wh")
+
+    def __init__(self, n_in, n_hid, n_out, *, lib=None, batch_size=None, seed=0, dtype=jnp.float32):
         super().__init__()
-        w = init_gru_weights(n_in, n_hid, n_out, seed)
-        self.wz, self.wr, self.wh = (bs.ParamState(w[g]) for g in ("wz", "wr", "wh"))
-        self.w_out = bs.ParamState(w["w_out"])
+        self.matmul = _lib(lib).matmul
+        rng = np.random.default_rng(seed)
+        self.wz, self.wr, self.wh = (
+            bs.ParamState({"weight": _normal(rng, (n_in + n_hid, n_hid), 1.0 / (n_in + n_hid) ** 0.5, dtype),
+                           "bias": jnp.zeros((n_hid,), dtype)}) for _ in range(3))
+        self.w_out = bs.ParamState(_normal(rng, (n_hid, n_out), 1.0 / n_hid ** 0.5, dtype))
+        self.n_hid, self.dtype = n_hid, dtype
+        if batch_size is not None:
+            self.init_state(batch_size)
+
+    def init_state(self, batch_size=None, **kwargs):
         lead = () if batch_size is None else (batch_size,)
-        self.h = bs.HiddenState(jnp.zeros(lead + (n_hid,)))
+        self.h = bs.HiddenState(jnp.zeros(lead + (self.n_hid,), self.dtype))
 
     def update(self, x):
-        out, self.h.value = gru_step(self.wz.value, self.wr.value, self.wh.value, self.w_out.value, self.h.value,
-                                     x, matmul=etprop.matmul)
-        return out
+        mm = self.matmul
+        h = self.h.value
+        xh = jnp.concatenate([x, h], -1)
+        z = jax.nn.sigmoid(mm(xh, self.wz.value["weight"], self.wz.value["bias"]))
+        r = jax.nn.sigmoid(mm(xh, self.wr.value["weight"], self.wr.value["bias"]))
+        c = jnp.tanh(mm(jnp.concatenate([x, r * h], -1), self.wh.value["weight"], self.wh.value["bias"]))
+        self.h.value = (1.0 - z) * h + z * c
+        return self.h.value @ self.w_out.value
 
 
-def make_braintrace_gru(n_in, n_hid, n_out, seed=0):
-    """The same GRU on ``braintrace.matmul`` (imported lazily: braintrace is optional)."""
-    import braintrace
+def make_model(kind: str, n_in, n_hid, n_out, *, lib=None, batch_size=None, dtype=jnp.float32, n_layers=1):
+    """``kind`` in ``lif`` / ``gru``; the same call for both libraries."""
+    if kind == "lif":
+        return LIFNet(n_in, n_hid, n_out, lib=lib, n_layers=n_layers, batch_size=batch_size, dtype=dtype)
+    if kind == "gru":
+        return GRUNet(n_in, n_hid, n_out, lib=lib, batch_size=batch_size, dtype=dtype)
+    raise ValueError(kind)
 
-    class BraintraceGRUNet(bs.nn.Module):
-        def __init__(self):
-            super().__init__()
-            w = init_gru_weights(n_in, n_hid, n_out, seed)
-            self.wz, self.wr, self.wh = (bs.ParamState(w[g]) for g in ("wz", "wr", "wh"))
-            self.w_out = bs.ParamState(w["w_out"])
-            self.n_hid = n_hid
 
-        def init_state(self, batch_size=None, **kwargs):
-            lead = () if batch_size is None else (batch_size,)
-            self.h = bs.HiddenState(jnp.zeros(lead + (self.n_hid,)))
-
-        def update(self, x):
-            out, self.h.value = gru_step(self.wz.value, self.wr.value, self.wh.value, self.w_out.value,
-                                         self.h.value, x, matmul=braintrace.matmul)
-            return out
-
-    return BraintraceGRUNet()
+def mse(out, target):
+    """Per-sample step loss: squared error."""
+    return jnp.sum((out - target) ** 2)
 
 
 def xent(logits, label):

@@ -1,4 +1,8 @@
-"""The benchmark runner (benchmarks/run.py) runs end to end on a tiny configuration."""
+"""The benchmark runner (benchmarks/run.py) runs end to end at tiny sizes (``--quick``).
+
+braintrace is optional (CI installs only the ``test`` extra): its rows and the equality check
+are expected only where it imports.
+"""
 
 import importlib.util
 import json
@@ -6,58 +10,129 @@ import math
 import pathlib
 import sys
 
+import jax
+import pytest
+
 _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:  # benchmarks/ is not an installed package; import it from the checkout
     sys.path.insert(0, _ROOT)
 
 from benchmarks import run as bench  # noqa: E402
 
+HAS_BT = importlib.util.find_spec("braintrace") is not None
+ON_CPU = jax.default_backend() == "cpu"
 
-def test_runner_tiny_config(tmp_path):
+
+def _check_timing(res, names):
+    c = res["contenders"]
+    assert set(c) == set(names), (res["workload"], sorted(c))
+    fwd, bptt = c[bench.FORWARD]["median_s"], c[bench.BPTT]["median_s"]
+    for name, r in c.items():
+        assert r["times_s"] and all(t > 0 for t in r["times_s"]), name
+        assert r["first_call_s"] > 0 and r["median_s"] > 0, name
+        assert len(r["times_s"]) == r["repeats"] <= res["repeats"], name
+        # the ratios are the measured medians' ratios
+        assert math.isclose(r["vs_forward"], r["median_s"] / fwd), name
+        assert math.isclose(r["vs_bptt"], r["median_s"] / bptt), name
+        bt = bench.BT_OF.get(name)
+        if bt in c:
+            assert math.isclose(r["vs_braintrace"], r["median_s"] / c[bt]["median_s"]), name
+        if r["lib"] != "-":  # learners return gradients, compared with BPTT's
+            assert -1 - 1e-6 <= r["grad_cosine_vs_bptt"] <= 1 + 1e-6, name
+    assert c[bench.FORWARD]["vs_forward"] == 1.0 and c[bench.BPTT]["vs_bptt"] == 1.0
+
+
+def test_lif_quick(tmp_path):
+    """All contenders, the equality check, goals, JSON (compile times and memory analysis: the
+    memory test)."""
     out = tmp_path / "bench.json"
     lines = []
-    res = bench.main(["--suite", "all", "--hidden", "8", "--T", "5", "--batch", "2", "--repeats", "1",
-                      "--mem-T", "5", "10", "--mem-hidden", "8", "--out", str(out)], log=lines.append)
-
-    expected = {bench.FORWARD, bench.BPTT, bench.DRTRL, bench.DRTRL_STEP, bench.ESDRTRL}
-    if importlib.util.find_spec("braintrace") is not None:
-        expected |= {bench.BT_DRTRL, bench.BT_ES}
-
-    for suite in ("lif", "gru"):
-        assert len(res[suite]) == 1, suite
-        r0 = res[suite][0]
-        assert r0["workload"] == suite
-        assert (r0["hidden"], r0["T"], r0["batch"], r0["repeats"]) == (8, 5, 2, 1)
-        assert set(r0["contenders"]) == expected
-        for name, r in r0["contenders"].items():
-            assert len(r["times_s"]) == 1, (suite, name)
-            assert r["median_s"] > 0 and r["first_call_s"] > 0 and r["per_step_ms"] > 0, (suite, name)
-            assert r["vs_forward"] > 0 and r["vs_bptt"] > 0, (suite, name)
-            if name != bench.FORWARD:
-                assert -1.0 - 1e-6 <= r["grad_cosine_vs_bptt"] <= 1.0 + 1e-6, (suite, name)
-        c = r0["contenders"]
-        assert c[bench.FORWARD]["vs_forward"] == 1.0
-        assert c[bench.BPTT]["vs_bptt"] == 1.0
-        assert math.isclose(c[bench.BPTT]["grad_cosine_vs_bptt"], 1.0, rel_tol=1e-9)
-        # the chunked and the per-step D-RTRL compute the same gradient
-        assert math.isclose(c[bench.DRTRL]["grad_cosine_vs_bptt"], c[bench.DRTRL_STEP]["grad_cosine_vs_bptt"],
-                            rel_tol=1e-5)
-    # D-RTRL is exact on the feed-forward LIF layer
-    assert res["lif"][0]["contenders"][bench.DRTRL]["grad_rel_err_vs_bptt"] < 1e-4
-
-    mem = res["memory"]
-    assert [row["T"] for row in mem["rows"]] == [5, 10]
-    row = mem["rows"][0]["contenders"]
-    assert {bench.FORWARD, bench.BPTT, bench.DRTRL, bench.ESDRTRL} <= set(row)
-    for name, m in row.items():
-        assert m["total_bytes"] > 0, name
-    assert set(mem["scaling"]["total"][bench.DRTRL]) >= {"bytes_per_step", "crossover_T_fit"}
-
-    saved = json.loads(out.read_text())
-    assert saved["lif"][0]["T"] == 5 and saved["gru"][0]["T"] == 5
+    res = bench.main(["--suite", "lif", "--quick", "--device", "cpu", "--no-mem", "--out", str(out)],
+                     log=lines.append)
+    (r,) = res["lif"]
+    assert (r["hidden"], r["T"], r["batch"]) == (16, 16, 2)
+    names = {bench.FORWARD, bench.FLOOR, bench.BPTT, bench.DRTRL, bench.DRTRL_STEP, bench.ESDRTRL}
+    if HAS_BT:
+        names |= {bench.BT_DRTRL, bench.BT_ES}
+    _check_timing(r, names)
+    c = r["contenders"]
+    assert math.isclose(c[bench.DRTRL_STEP]["vs_floor"], c[bench.DRTRL_STEP]["median_s"] / c[bench.FLOOR]["median_s"])
+    # D-RTRL is exact on the feed-forward LIF layer (float32, this size)
+    assert c[bench.DRTRL]["grad_rel_err_vs_bptt"] < 1e-4 and c[bench.DRTRL_STEP]["grad_rel_err_vs_bptt"] < 1e-4
+    eq = res["equality"]["lif"]
+    if HAS_BT:
+        d = eq["rules"][bench.DRTRL]
+        assert d["same_shapes"] and d["names"] == ["layers.0.bias", "layers.0.weight", "w_out"]
+        assert d["required"] and d["ok"]  # equal values (float64) on every leaf braintrace computes
+        assert d["etprop_vs_bptt"]["max_rel_diff"] < 1e-10
+        assert eq["rules"][bench.ESDRTRL]["same_shapes"]
+    else:
+        assert eq["skipped"]
+    verdicts = {g["goal"]: g["verdict"] for g in res["goals"]}
+    assert verdicts["ES-D-RTRL <= 1x BPTT"] in ("PASS", "MISS")
+    assert verdicts["D-RTRL per-step <= 1.5x trace-update floor"] in ("PASS", "MISS")
     text = "\n".join(lines)
-    assert "median s/seq" in text and "versions:" in text and "grad cosine vs BPTT" in text
-    assert "gru: hidden=8" in text
+    assert "| contender" in text and "median s/seq" in text and "| goal" in text
+    assert f"jax {jax.__version__}" in text and ("PASS" in text or "MISS" in text)
+    saved = json.loads(out.read_text())
+    assert saved["lif"][0]["T"] == 16 and saved["machine"]["versions"]["jax"] == jax.__version__
+
+
+def test_gru_and_deep_quick():
+    """The GRU and the multi-layer network (deep), fewer contenders, no equality check (the
+    lif test runs it): gradient names and shapes still match braintrace's."""
+    lines = []
+    keep = [bench.DRTRL, bench.BT_DRTRL]
+    res = bench.main(["--suite", "gru", "--quick", "--no-mem", "--no-equality", "--contenders", *keep],
+                     log=lines.append)
+    (r,) = res["gru"]
+    assert (r["hidden"], r["T"], r["batch"]) == (8, 8, 2)
+    _check_timing(r, {bench.FORWARD, bench.BPTT, bench.DRTRL} | ({bench.BT_DRTRL} if HAS_BT else set()))
+    if HAS_BT:
+        assert r["contenders"][bench.DRTRL]["vs_braintrace_grad"]["same_shapes"]
+    res = bench.main(["--suite", "deep", "--quick", "--no-mem", "--no-equality", "--contenders", bench.ESDRTRL],
+                     log=lines.append)
+    (r,) = res["deep"]
+    assert r["n_layers"] == 3
+    _check_timing(r, {bench.FORWARD, bench.BPTT, bench.ESDRTRL})
+    assert "**deep**: hidden=8 x 3 layers" in "\n".join(lines)
+
+
+def test_memory_quick():
+    """Online memory is flat in T at the quick sizes, BPTT's grows; crossover reported."""
+    res = bench.main(["--suite", "memory", "--quick", "--T", "32", "128",
+                      "--contenders", bench.DRTRL, bench.ESDRTRL, bench.BT_ES], log=lambda *a: None)
+    mem = res["memory"]
+    assert [e["T"] for e in mem["rows"]] == [32, 128]
+    for e in mem["rows"]:
+        for name, m in e["contenders"].items():
+            assert m["total_bytes"] > 0 and m["compile_s"] > 0, name
+    sc = mem["scaling"]["contenders"]
+    for name in (bench.DRTRL, bench.ESDRTRL) + ((bench.BT_ES,) if HAS_BT else ()):
+        v = sc[name]["bytes_beyond_inputs"]
+        assert max(v) <= 1.05 * min(v) and sc[name]["flat"], (name, v)
+        assert "first_measured_T" in sc[name] and "crossover_T_fit" in sc[name]
+    v = sc[bench.BPTT]["bytes_beyond_inputs"]
+    assert v[1] > 1.25 * v[0] and sc[bench.BPTT]["linear"], v
+    goals = [g for g in res["goals"] if g["goal"].startswith(("BPTT memory", "D-RTRL memory", "crossover"))]
+    assert len(goals) >= 3 and goals[0]["verdict"] == "PASS"
+
+
+@pytest.mark.skipif(not ON_CPU, reason="checks the CPU refusals")
+def test_cpu_refusals():
+    with pytest.raises(SystemExit, match="GPU suite"):
+        bench.main(["--suite", "deep"], log=lambda *a: None)
+    with pytest.raises(SystemExit, match="no GPU backend"):
+        bench.main(["--suite", "lif", "--quick", "--device", "gpu"], log=lambda *a: None)
+
+
+def test_peak_probe_in_process():
+    """The device-peak probe (run in a fresh process per contender on GPU) works; CPU has no
+    allocator stats, so its peak is None there."""
+    p = bench.probe_peak({"workload": "lif", "name": bench.ESDRTRL, "hidden": 4, "T": 4, "batch": 2})
+    assert set(p) >= {"peak_bytes", "device"}
+    if ON_CPU:
+        assert p["peak_bytes"] is None
 
 
 def test_chunk_option_reaches_the_learners(monkeypatch):
@@ -71,9 +146,10 @@ def test_chunk_option_reaches_the_learners(monkeypatch):
         return orig(self, *a, **kw)
 
     monkeypatch.setattr(bench.etprop.OnlineAlgorithm, "etrace_grad", spy)
-    wl = bench.WORKLOADS["gru"]
+    wl = bench.WORKLOADS["lif"]
     xs, ys = wl.data(3, 2)
     for c in bench.contenders(wl, 4, 2, xs, ys, with_braintrace=False, chunk=2):
         if c.name in (bench.DRTRL, bench.DRTRL_STEP, bench.ESDRTRL):
-            c.setup()()
+            f, args = c.build()
+            f(*args)
     assert seen == {"D_RTRL": [2, 1], "ES_D_RTRL": [2]}

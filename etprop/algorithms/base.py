@@ -24,6 +24,7 @@ time: the traces carry that credit. The same function serves ``learner(x)`` unde
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 
 import brainstate
@@ -70,6 +71,13 @@ class OnlineAlgorithm(brainstate.nn.Module):
     """
 
     name = "online"
+    #: what compile_graph does when a hidden state drives one of another shape outside an ETP
+    #: operator (a path no per-position trace holds): ``"error"`` (NotSupportedError) or
+    #: ``"warn"`` (drop the path from the traces, an approximation). ``etprop.compile(...,
+    #: cross_shape="warn")`` sets it.
+    cross_shape = "error"
+    #: learners whose gradient holds every hidden-to-hidden path (BPTT, RTRL) ignore it
+    exact_across_groups = False
 
     def __init__(self, model):
         super().__init__()
@@ -83,6 +91,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         """Trace the model on one step's ``example_inputs`` and allocate traces. Returns self."""
         example_inputs = _unwrap_single(example_inputs)
         self.graph = compile_graph(self.model, *example_inputs, batch_size=batch_size)
+        self._check_cross_shape()
         self.batch_size = batch_size
         self._arg_shapes = [tuple(np.shape(a)) for a in jax.tree.leaves(example_inputs)]
         self._example_sample = (example_inputs if batch_size is None
@@ -95,6 +104,24 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self._window_fn = self._make_window()
         self._chunk_fns = {}
         return self
+
+    def _check_cross_shape(self):
+        paths = self.graph.cross_shape_paths
+        if not paths or self.exact_across_groups:
+            return
+        where = "; ".join(f"'{a}' -> '{b}'" for a, b in paths)
+        if self.cross_shape == "error":
+            raise NotSupportedError(
+                f"{type(self).__name__}: hidden states of different shapes depend on each other outside an ETP "
+                f"operator ({where}), so they cannot share a hidden group and a per-position trace would drop "
+                f"that path. Give the states one shape, route the dependence through an ETP operator (e.g. "
+                f"etprop.matmul), use etprop.BPTT / etprop.RTRL, or accept the approximation with "
+                f"etprop.compile(..., cross_shape='warn')")
+        if self.cross_shape != "warn":
+            raise ArgumentError(f"cross_shape must be 'error' or 'warn', got {self.cross_shape!r}")
+        for note in self.graph.notes:
+            if "cannot share a group" in note:
+                warnings.warn(f"etprop: {note}", stacklevel=4)
 
     def _require_graph(self):
         if self.graph is None:

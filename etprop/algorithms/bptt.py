@@ -20,6 +20,7 @@ class BPTT(OnlineAlgorithm):
     """
 
     name = "BPTT"
+    exact_across_groups = True
     default_window = None  # the whole sequence
     default_chunk = 0  # no per-step mode
 

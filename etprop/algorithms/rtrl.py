@@ -152,6 +152,7 @@ class InfluenceAlgorithm(OnlineAlgorithm):
 
     name = "influence"
     default_chunk = 0  # no closed-form chunks: every step advances the influence
+    exact_across_groups = True  # the influence spans every hidden state, whatever its shape
 
     def compile_graph(self, *example_inputs, batch_size=None):
         self._layout = None

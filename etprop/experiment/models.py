@@ -52,7 +52,7 @@ class SpikingNet(brainstate.nn.Module):
     """
 
     def __init__(self, n_in: int, n_hidden: int, n_out: int, *, neuron: str = "lif", seed: int = 0,
-                 in_scale: float = 8.0, rec_scale: float = 2.0):
+                 in_scale: float = 40.0, rec_scale: float = 4.0):
         super().__init__()
         k1, k2 = jax.random.split(jax.random.key(seed))
         kw = {"tau_a": 200.0 * u.ms, "beta": 0.5} if neuron == "alif" else {}

@@ -51,8 +51,14 @@ def plot_curves(path: str, rows: list[dict], *, title: str, chance: float | None
     axes[1].legend(loc="lower right", fontsize=8)
     if cos:
         s, c = zip(*cos)
-        axes[2].plot(s, [float(v) for v in c], marker="o", ms=3, lw=1)
-        axes[2].set_ylim(min(0.0, min(float(v) for v in c)), 1.02)
+        axes[2].plot(s, [float(v) for v in c], marker="o", ms=3, lw=1, label="all parameters")
+        lo = min(float(v) for v in c)
+        worst = [float(r["grad_cos_bptt_min"]) for r in rows if r.get("grad_cos_bptt_min") not in (None, "")]
+        if len(worst) == len(s):
+            axes[2].plot(s, worst, marker="s", ms=3, lw=1, label="worst parameter")
+            lo = min(lo, min(worst))
+        axes[2].legend(loc="lower right", fontsize=8)
+        axes[2].set_ylim(min(0.0, lo), 1.02)
         axes[2].set(xlabel="update", ylabel="cosine", title="online gradient vs BPTT")
     for ax in axes:
         ax.grid(alpha=0.3)

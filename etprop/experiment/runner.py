@@ -37,11 +37,20 @@ from etprop.tasks import get_task
 
 __all__ = ["TrainConfig", "ALGOS", "train", "Run"]
 
-# name -> learner class; names of the rules that exist in this etprop
-_ALGO_CLASSES = {"bptt": "BPTT", "d_rtrl": "D_RTRL", "es_d_rtrl": "ES_D_RTRL", "hybrid": "HybridDimVjpAlgorithm"}
-ALGOS = {k: getattr(etprop, v) for k, v in _ALGO_CLASSES.items() if hasattr(etprop, v)}
+# --algo name -> learner class, and the options the command passes it (from the config)
+ALGOS = {"bptt": etprop.BPTT, "d_rtrl": etprop.D_RTRL, "es_d_rtrl": etprop.ES_D_RTRL,
+         "hybrid": etprop.HybridDimVjpAlgorithm, "eprop": etprop.EProp, "ostl": etprop.OSTLRecurrent,
+         "ostl_ff": etprop.OSTLFeedforward, "snap": etprop.SnAp, "uoro": etprop.UORO, "rtrl": etprop.RTRL}
+
+
+def _algo_options(cfg) -> dict:
+    if cfg.algo == "eprop":
+        return {"feedback": "random", "seed": cfg.seed}
+    if cfg.algo == "uoro":
+        return {"key": jax.random.key(cfg.seed + 2)}
+    return {} if cfg.decay is None else {"decay_or_rank": cfg.decay}
 _FACTORISED = {"es_d_rtrl", "hybrid"}
-_METRIC_FIELDS = ["step", "loss", "accuracy", "grad_cos_bptt", "wall_s"]
+_METRIC_FIELDS = ["step", "loss", "accuracy", "grad_cos_bptt", "grad_cos_bptt_min", "wall_s"]
 
 
 @dataclasses.dataclass
@@ -51,14 +60,14 @@ class TrainConfig:
     task: str = "copying"
     model: str = "gru"
     algo: str = "es_d_rtrl"
-    steps: int = 300
+    steps: int = 2000
     batch: int = 32
     hidden: int = 64
     seed: int = 0
     lr: float = 1e-2
     decay: float | None = None  # ES-D-RTRL / hybrid: decay_or_rank (None: the algorithm's default)
     clip: float = 1.0  # global gradient-norm clip
-    eval_every: int = 25  # cosine of the online gradient to BPTT, every this many updates (0: never)
+    eval_every: int = 50  # cosine of the online gradient to BPTT, every this many updates (0: never)
     ckpt_every: int = 100
     carry_state: bool = False
     task_args: dict = dataclasses.field(default_factory=dict)
@@ -85,10 +94,17 @@ class TrainConfig:
                 raise ArgumentError(f"--decay must be in (0, 1), got {self.decay!r}")
 
 
-def _cosine(a: dict, b: dict) -> jax.Array:
-    va = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(a)])
-    vb = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(b)])
+def _cos(va, vb):
     return jnp.dot(va, vb) / (jnp.linalg.norm(va) * jnp.linalg.norm(vb) + 1e-30)
+
+
+def _cosines(a: dict, b: dict) -> tuple[jax.Array, jax.Array]:
+    """Cosine of two gradients over all parameters, and the smallest per-parameter cosine
+    (the global one is dominated by the largest gradients, often a readout's exact one)."""
+    la = [jnp.ravel(x) for x in jax.tree.leaves(a)]
+    lb = [jnp.ravel(x) for x in jax.tree.leaves(b)]
+    per = jnp.stack([jnp.where(jnp.linalg.norm(y) > 0, _cos(x, y), 1.0) for x, y in zip(la, lb)])
+    return _cos(jnp.concatenate(la), jnp.concatenate(lb)), jnp.min(per)
 
 
 class Run:
@@ -107,9 +123,7 @@ class Run:
         self.model = build_model(cfg.model, task.n_in, cfg.hidden, task.n_out, seed=cfg.seed)
         brainstate.nn.init_all_states(self.model, batch_size=B)
         x0 = jnp.zeros((B, task.n_in), jnp.float32)
-        algo_cls = ALGOS[cfg.algo]
-        opts = {} if cfg.decay is None else {"decay_or_rank": cfg.decay}
-        self.learner = etprop.compile(self.model, algo_cls, x0, batch_size=B, **opts)
+        self.learner = etprop.compile(self.model, ALGOS[cfg.algo], x0, batch_size=B, **_algo_options(cfg))
         self.optimizer = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.adam(cfg.lr))
         self.data_key = jax.random.key(cfg.seed + 1)
         mf = self.learner.graph.mf
@@ -145,7 +159,7 @@ class Run:
                 args = (batch.inputs, batch.targets, batch.mask)
                 g_on = seq(state["params"], self.hidden0, state["others"], self.traces0, *args)[0]
                 g_ref = ref(state["params"], self.hidden0, state["others"], bptt_traces, *args)[0]
-                return _cosine(g_on, g_ref)
+                return _cosines(g_on, g_ref)
 
             self.grad_cosine = jax.jit(grad_cosine)
 
@@ -275,9 +289,10 @@ def _train(cfg, out, resume, plots_enabled, progress, log):
     done = start
     try:
         for k in range(start + 1, cfg.steps + 1):
-            cos = None
+            cos = cos_min = ""
             if run._bptt is not None and cfg.eval_every and (k - 1) % cfg.eval_every == 0:
-                cos = float(run.grad_cosine(state, jnp.int32(k)))  # gradient at the parameters this update uses
+                # the gradient at the parameters this update uses
+                cos, cos_min = (float(c) for c in run.grad_cosine(state, jnp.int32(k)))
             new_state, m = run.train_step(state, jnp.int32(k))
             last = {key: float(v) for key, v in m.items()}  # waits for the step to finish
             state, done = new_state, k
@@ -285,7 +300,7 @@ def _train(cfg, out, resume, plots_enabled, progress, log):
                 raise etprop.NumericalError(f"update {k}: loss or accuracy is NaN/inf ({last}); lower --lr "
                                             f"(now {cfg.lr}) or --clip")
             rows.append({"step": k, "loss": last["loss"], "accuracy": last["accuracy"],
-                         "grad_cos_bptt": "" if cos is None else cos, "wall_s": time.perf_counter() - t_start})
+                         "grad_cos_bptt": cos, "grad_cos_bptt_min": cos_min, "wall_s": time.perf_counter() - t_start})
             bar.update(k, loss=last["loss"], acc=last["accuracy"])
             if cfg.ckpt_every and k % cfg.ckpt_every == 0 and k < cfg.steps:
                 save_checkpoint(out, state, step=k, config=config)

@@ -83,6 +83,7 @@ class ETraceGraph:
     untraced: dict  # param leaf name -> reason it has no trace
     notes: list
     batched: bool
+    cross_shape_paths: tuple = ()  # (source hidden name, target hidden name): dependencies no group holds
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -232,7 +233,7 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
             i = parent[i]
         return i
 
-    notes = []
+    notes, cross = [], []
     for j, v in enumerate(h_out):
         for kind, k in deps_of(v):
             if kind != "h" or k == j:
@@ -244,7 +245,7 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
                         f"{h_shapes[j]}: states of different shapes cannot share a group, so diagonal traces "
                         f"drop that path (an approximation; compare with etprop.BPTT, or give both states one shape)")
                 notes.append(note)
-                warnings.warn(f"etprop: {note}", stacklevel=3)
+                cross.append((mf.hidden_names[k], mf.hidden_names[j]))
     roots = sorted({find(i) for i in range(n_h)})
     members = {r: tuple(i for i in range(n_h) if find(i) == r) for r in roots}
     groups, hidden_group = [], [0] * n_h
@@ -306,7 +307,7 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
 
     graph = ETraceGraph(mf, closed, in_tree, out_tree, n_p, n_h, n_out, tuple(leaf_names), param_avals,
                         tuple(groups), tuple(hidden_group), tuple(relations), etp, etp_n_x, etp_out_avals,
-                        per_sample, untraced, notes, batched)
+                        per_sample, untraced, notes, batched, tuple(cross))
     _check_diagonal(graph, leaves, probe_seed)
     traced = {r.leaf for r in graph.relations}
     for leaf, name in enumerate(leaf_names):

@@ -164,3 +164,12 @@ def test_progress_line_reports_rate_and_eta():
     line = s.getvalue()
     assert line.startswith("5/10 [") and "loss 0.5" in line and "acc 0.75" in line
     assert "step/s" in line and "ETA" in line
+
+
+@pytest.mark.parametrize("algo", ["eprop", "uoro"])
+def test_rules_with_their_own_options_train(tmp_path, algo):
+    """e-prop gets its random feedback seed and UORO its key from --seed."""
+    out = str(tmp_path / algo)
+    assert cli.main(["train", "--algo", algo, "--steps", "2", "--eval-every", "0", "--no-plots", "--out", out]
+                    + TINY) == 0
+    assert len(_rows(out)) == 2

@@ -162,3 +162,29 @@ def test_weight_transformed_outside_the_operator_is_explained():
     assert "pass the transform as weight_fn" in learner.graph.untraced["w"]
     inside = etprop.compile(TransformInside(), etprop.D_RTRL, jnp.ones(3))
     assert [r.leaf_name for r in inside.graph.relations] == ["w"]
+
+
+class _CrossShape(bs.nn.Module):
+    """A scalar state driven by the mean of a vector state, and driving it back."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = bs.ParamState(jnp.ones((2, 3)) * 0.3)
+        self.h = bs.HiddenState(jnp.zeros(3))
+        self.s = bs.HiddenState(jnp.zeros(()))
+
+    def update(self, x):
+        self.h.value = 0.5 * self.h.value + jnp.tanh(etprop.matmul(x, self.w.value)) + 0.1 * self.s.value
+        self.s.value = 0.9 * self.s.value + jnp.mean(self.h.value)
+        return self.h.value
+
+
+def test_states_of_different_shapes_depending_on_each_other_are_an_error_for_trace_learners():
+    with pytest.raises(etprop.NotSupportedError, match=r"'h' -> 's'.*cross_shape='warn'"):
+        etprop.compile(_CrossShape(), etprop.D_RTRL, jnp.ones(2))
+    with pytest.warns(UserWarning, match="cannot share a group"):
+        learner = etprop.compile(_CrossShape(), etprop.ES_D_RTRL, jnp.ones(2), cross_shape="warn")
+    assert ("h", "s") in learner.graph.cross_shape_paths
+    etprop.compile(_CrossShape(), etprop.BPTT, jnp.ones(2))  # exact: every path is kept
+    with pytest.raises(etprop.ArgumentError, match="cross_shape"):
+        etprop.compile(_CrossShape(), etprop.D_RTRL, jnp.ones(2), cross_shape="ignore")
