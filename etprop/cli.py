@@ -17,7 +17,7 @@ __all__ = ["main", "build_parser"]
 
 _EPILOG = """\
 examples:
-  etprop train                                   # the demo: copying task, GRU, ES-D-RTRL
+  etprop train                                   # the demo: copying task, GRU, D-RTRL
   etprop train --task evidence --model alif --algo d_rtrl --steps 400 --out runs/evidence
   etprop train --task copying --algo bptt --out runs/bptt   # the exact reference, same budget
   etprop train --resume runs/demo --steps 600    # continue a run exactly where it stopped

@@ -59,7 +59,7 @@ class TrainConfig:
 
     task: str = "copying"
     model: str = "gru"
-    algo: str = "es_d_rtrl"
+    algo: str = "d_rtrl"
     steps: int = 2000
     batch: int = 32
     hidden: int = 64
@@ -182,6 +182,8 @@ class Run:
         returns the bytes of its XLA temporaries (None where XLA does not say)."""
         compiled = self.train_step.lower(state, jnp.int32(0)).compile()
         self.train_step = compiled
+        if self._bptt is not None:
+            self.grad_cosine = self.grad_cosine.lower(state, jnp.int32(0)).compile()
         try:
             return int(compiled.memory_analysis().temp_size_in_bytes)
         except Exception:  # noqa: BLE001 -- memory analysis is optional per backend

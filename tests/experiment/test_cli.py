@@ -37,7 +37,7 @@ def test_train_writes_metrics_figures_and_checkpoint(tmp_path, capsys):
     assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
     assert os.path.isfile(os.path.join(out, "checkpoint", "meta.json"))
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith("done: task=copying model=gru algo=es_d_rtrl updates=4 eval accuracy=")
+    assert summary.startswith("done: task=copying model=gru algo=d_rtrl updates=4 eval accuracy=")
     assert "peak" in summary and "chance 0.250" in summary
 
 
