@@ -161,7 +161,7 @@ def _param_chunk_history(algo, rel, e0, rec, delta, ops, flat_ops, n, batched):
 
     c0 = [jnp.zeros_like(x[0]) for x in delta]
     c_first, c_shift = jax.lax.scan(rev, c0, (delta, D), reverse=True)
-    start = algo.bsum(_sum([algo.expand(rel, ops, c_first[a]) * e0[a] for a in range(S)]))
+    start = algo.bsum_products(rel, ops, c_first, e0)
     cot = _sum([c_shift[a] * Df[a] for a in range(S)])
     if batched:
         cot = cot.reshape((n,) + cot.shape[2:])

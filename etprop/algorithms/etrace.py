@@ -138,7 +138,7 @@ class _TraceRules(OnlineAlgorithm):
         # batch level: delta and traces lead with the batch axis when batch_size is set
         S = len(delta)
         if kind == "param":
-            return self.bsum(_sum([self.expand(rel, operands, delta[a]) * trace[a] for a in range(S)]))
+            return self.bsum_products(rel, operands, delta, trace)
         ex_hat, ef = self.io_snapshot(rel, trace, count)
         c = _sum([delta[a] * ef[a] for a in range(S)])
         if rel.n_x == 0:
