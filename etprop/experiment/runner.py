@@ -279,6 +279,9 @@ def _train(cfg, out, resume, plots_enabled, progress, log):
     if resume is not None:
         state, meta = load_checkpoint(resume, state)
         start = int(meta["step"])
+        if cfg.steps <= start:
+            raise ArgumentError(f"the run in {resume!r} already has {start} updates; pass --steps N with N > "
+                                f"{start} to continue it")
         rows = _read_rows(os.path.join(resume, "metrics.csv"), start)
         log(f"resumed from {resume} at update {start}")
     t_compile = time.perf_counter()

@@ -51,6 +51,7 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert len(_rows(b)) == 3
     assert cli.main(["train", "--resume", b, "--steps", "6", "--quiet", "--no-plots"]) == 0
     assert _rows(a) == _rows(b)
+    assert cli.main(["train", "--resume", b, "--steps", "6", "--quiet", "--no-plots"]) == 2  # nothing to do
     pa, pb = _saved_state(a), _saved_state(b)
     assert pa.keys() == pb.keys()
     for k in pa:
