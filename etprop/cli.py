@@ -127,18 +127,23 @@ def _train(args) -> int:
     return 0
 
 
+def _summary(doc: str | None) -> str:
+    """The first paragraph of a docstring, on one line."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
 def _list(command: str) -> int:
-    if command == "tasks":
-        from etprop.tasks import TASKS
-        for name, cls in sorted(TASKS.items()):
-            print(f"{name:10s} {(cls.__doc__ or '').strip().splitlines()[0]}")
-    elif command == "models":
+    if command == "models":
         from etprop.experiment import models
-        print(models.__doc__.split("\n\n")[1])
+        table = models.__doc__[models.__doc__.index("====="):]
+        print(table.split("\n\n")[0])
+        return 0
+    if command == "tasks":
+        from etprop.tasks import TASKS as choices
     else:
-        from etprop.experiment.runner import ALGOS
-        for name, cls in sorted(ALGOS.items()):
-            print(f"{name:10s} {(cls.__doc__ or '').strip().splitlines()[0]}")
+        from etprop.experiment.runner import ALGOS as choices
+    for name, cls in sorted(choices.items()):
+        print(f"{name:10s} {_summary(cls.__doc__)}")
     return 0
 
 

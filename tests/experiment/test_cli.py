@@ -174,3 +174,16 @@ def test_rules_with_their_own_options_train(tmp_path, algo):
     assert cli.main(["train", "--algo", algo, "--steps", "2", "--eval-every", "0", "--no-plots", "--out", out]
                     + TINY) == 0
     assert len(_rows(out)) == 2
+
+
+@pytest.mark.parametrize("command,names", [
+    ("tasks", ["copying", "dms", "evidence", "pattern", "adding"]),
+    ("models", ["gru", "lif", "alif", "lru"]),
+    ("algos", ["bptt", "d_rtrl", "es_d_rtrl", "eprop", "snap", "uoro", "rtrl"]),
+])
+def test_list_commands_name_every_choice(command, names, capsys):
+    assert cli.main([command]) == 0
+    out = capsys.readouterr().out
+    for n in names:
+        assert n in out
+    assert all(len(line) < 400 for line in out.splitlines())
