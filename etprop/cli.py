@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {d.eval_every})")
     p.add_argument("--ckpt-every", type=_nonneg_int, default=d.ckpt_every,
                    help=f"checkpoint every N updates, 0 for only at the end (default {d.ckpt_every})")
+    p.add_argument("--update", choices=["sequence", "step"], default=d.update,
+                   help="'sequence': one optimiser update per batch from the online gradient accumulated "
+                        "over the sequence (default); 'step': an update at every time step (true online "
+                        "learning; use a smaller --lr)")
     p.add_argument("--carry-state", action="store_true",
                    help="do not reset hidden states and traces between batches (one continuing stream)")
     p.add_argument("--task-arg", type=_task_arg, action="append", default=[], metavar="KEY=VALUE",
@@ -119,7 +123,8 @@ def _train(args) -> int:
         return 0
     cfg = TrainConfig(task=args.task, model=args.model, algo=args.algo, batch=args.batch, hidden=args.hidden,
                       seed=args.seed, lr=args.lr, decay=args.decay, clip=args.clip, eval_every=args.eval_every,
-                      ckpt_every=args.ckpt_every, carry_state=args.carry_state, task_args=dict(args.task_arg))
+                      ckpt_every=args.ckpt_every, carry_state=args.carry_state, update=args.update,
+                      task_args=dict(args.task_arg))
     if args.steps is not None:
         cfg.steps = args.steps
     out = args.out or f"runs/{cfg.task}-{cfg.model}-{cfg.algo}"

@@ -70,6 +70,7 @@ class TrainConfig:
     eval_every: int = 50  # cosine of the online gradient to BPTT, every this many updates (0: never)
     ckpt_every: int = 100
     carry_state: bool = False
+    update: str = "sequence"  # "sequence": one update per batch; "step": an update at every time step
     task_args: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
@@ -87,6 +88,10 @@ class TrainConfig:
             raise ArgumentError(f"--lr must be a positive number, got {self.lr!r}")
         if not (self.clip > 0):
             raise ArgumentError(f"--clip must be positive, got {self.clip!r}")
+        if self.update not in ("sequence", "step"):
+            raise ArgumentError(f"--update must be 'sequence' or 'step', got {self.update!r}")
+        if self.update == "step" and self.algo == "bptt":
+            raise ArgumentError("--update step needs an online algorithm: BPTT has no per-step gradient")
         if self.decay is not None:
             if self.algo not in _FACTORISED:
                 raise ArgumentError(f"--decay applies to es_d_rtrl and hybrid, not {self.algo}")
@@ -149,7 +154,37 @@ class Run:
             new = {"params": params, "opt_state": opt_state, "hidden": h, "others": o, "traces": tr}
             return new, metrics
 
-        self.train_step = jax.jit(train_step)
+        learner = self.learner
+
+        def online_train_step(state, step):
+            """True online learning: the optimiser updates the parameters at every time step,
+            each update from that step's online gradient (traces carried through the sequence)."""
+            batch = task.batch(jax.random.fold_in(self.data_key, step), B)
+            h, o, tr = ((state["hidden"], state["others"], state["traces"]) if carry
+                        else (self.hidden0, state["others"], self.traces0))
+            norm = jnp.maximum(jnp.sum(batch.mask), 1.0)
+
+            def body(c, inp):
+                params, opt_state, h, o, tr = c
+                x, y, m = inp
+
+                def loss_of(p):
+                    out, h2, o2, tr2 = learner.run_window(p, h, o, tr, (x[None],))
+                    loss = m * jnp.mean(jax.vmap(task.step_loss)(out[0], y)) / norm
+                    return loss, (out[0], h2, o2, tr2)
+
+                (loss, (out, h, o, tr)), g = jax.value_and_grad(loss_of, has_aux=True)(params)
+                updates, opt_state = optimizer.update(g, opt_state, params)
+                params = jax.tree.map(lambda p, d: p + d, params, updates)
+                return (params, opt_state, h, o, tr), (loss, out)
+
+            init = (state["params"], state["opt_state"], h, o, tr)
+            (params, opt_state, h, o, tr), (losses, outs) = jax.lax.scan(
+                body, init, (batch.inputs, batch.targets, batch.mask))
+            metrics = {"loss": jnp.sum(losses), "accuracy": task.accuracy(outs, batch)}
+            return {"params": params, "opt_state": opt_state, "hidden": h, "others": o, "traces": tr}, metrics
+
+        self.train_step = jax.jit(online_train_step if cfg.update == "step" else train_step)
         if self._bptt is not None:
             ref = self._bptt.sequence_fn(task.step_loss)
             bptt_traces = self._bptt.etrace.value

@@ -132,6 +132,7 @@ def test_bad_flag_values_are_one_line_errors(argv, needle, capsys):
     (["train", "--task-arg", "bogus=3"], "bogus"),
     (["train", "--algo", "d_rtrl", "--decay", "0.5"], "--decay applies to es_d_rtrl and hybrid"),
     (["train", "--resume", "/nonexistent/run"], "no checkpoint in '/nonexistent/run'"),
+    (["train", "--algo", "bptt", "--update", "step"], "BPTT has no per-step gradient"),
 ])
 def test_library_errors_are_one_line(argv, needle, capsys, tmp_path):
     assert cli.main(argv + ["--out", str(tmp_path / "x"), "--quiet"]) == 2
@@ -187,3 +188,19 @@ def test_list_commands_name_every_choice(command, names, capsys):
     for n in names:
         assert n in out
     assert all(len(line) < 400 for line in out.splitlines())
+
+
+def test_update_at_every_step_resumes_exactly(tmp_path):
+    """--update step: an optimiser update at every time step (true online learning); the run
+    state after each batch still checkpoints and resumes bit for bit."""
+    common = ["--update", "step", "--eval-every", "0", "--carry-state", "--no-plots", "--lr", "1e-3"] + TINY
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert cli.main(["train", "--steps", "3", "--out", a] + common) == 0
+    assert cli.main(["train", "--steps", "2", "--out", b] + common) == 0
+    assert cli.main(["train", "--resume", b, "--steps", "3", "--quiet", "--no-plots"]) == 0
+    assert _rows(a) == _rows(b)
+    seq = str(tmp_path / "seq")
+    assert cli.main(["train", "--steps", "3", "--out", seq] + common[2:]) == 0
+    pa, ps = _saved_state(a), _saved_state(seq)
+    key = next(k for k in pa if k.startswith("['params']"))
+    assert not np.array_equal(pa[key], ps[key])  # T updates per batch, not one
