@@ -226,8 +226,8 @@ class OnlineAlgorithm(brainstate.nn.Module):
         and reading it back."""
         full = [self.expand(rel, operands, d) for d in deltas]  # broadcasts: never materialised
         if self.batch_size is None:
-            return _sum_terms([f * e for f, e in zip(full, traces)])
-        return batch_sum(lambda b: _sum_terms([f[b] * e[b] for f, e in zip(full, traces)]), self.batch_size)
+            return _sum([f * e for f, e in zip(full, traces)])
+        return batch_sum(lambda b: _sum([f[b] * e[b] for f, e in zip(full, traces)]), self.batch_size)
 
     def param_vjp_sum(self, rel: Relation, operands, cotangent, x_override=None):
         """`param_vjp` summed over the batch (see `param_vjp_over`)."""
@@ -820,7 +820,7 @@ def online_custom_vjp(fwd_impl, param_grads):
     return fn
 
 
-def _sum_terms(terms):
+def _sum(terms):
     total = terms[0]
     for t in terms[1:]:
         total = total + t
@@ -830,8 +830,8 @@ def _sum_terms(terms):
 def batch_sum(term, n: int, block: int = 16):
     """``sum_{b < n} term(b)`` unrolled in blocks of ``block`` samples: each block is one
     elementwise fusion that reads its slices once (no reduce, see `tree_sum0`)."""
-    blocks = [_sum_terms([term(b) for b in range(lo, min(lo + block, n))]) for lo in range(0, n, block)]
-    return _sum_terms(blocks)
+    blocks = [_sum([term(b) for b in range(lo, min(lo + block, n))]) for lo in range(0, n, block)]
+    return _sum(blocks)
 
 
 def tree_sum0(x, unroll: int = 32):

@@ -22,16 +22,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from etprop.algorithms.base import online_custom_vjp
+from etprop.algorithms.base import _sum, online_custom_vjp
 
 __all__ = ["make_chunk"]
-
-
-def _sum(terms):
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total
 
 
 def _flat2(tree):

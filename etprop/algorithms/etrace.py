@@ -27,19 +27,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.algorithms.base import OnlineAlgorithm, StepSignals
+from etprop.algorithms.base import OnlineAlgorithm, StepSignals, _sum
 from etprop.errors import ArgumentError, NotSupportedError
 from etprop.graph.compiler import Relation
 
 __all__ = ["D_RTRL", "ParamDimVjpAlgorithm", "ES_D_RTRL", "IODimVjpAlgorithm", "pp_prop",
            "HybridDimVjpAlgorithm"]
-
-
-def _sum(terms):
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total
 
 
 def _decay(decay_or_rank) -> float | str:
