@@ -119,9 +119,9 @@ class OnlineAlgorithm(brainstate.nn.Module):
                 f"etprop.compile(..., cross_shape='warn')")
         if self.cross_shape != "warn":
             raise ArgumentError(f"cross_shape must be 'error' or 'warn', got {self.cross_shape!r}")
-        for note in self.graph.notes:
-            if "cannot share a group" in note:
-                warnings.warn(f"etprop: {note}", stacklevel=4)
+        warnings.warn(f"etprop: {type(self).__name__} drops the dependence {where} between hidden states of "
+                      f"different shapes from its traces (an approximation; compare with etprop.BPTT)",
+                      stacklevel=4)
 
     def _require_graph(self):
         if self.graph is None:
