@@ -96,6 +96,19 @@ class ETPCall:
         """``(x, params, aux)`` from the flat operands of the marked equation."""
         return jax.tree.unflatten(self.in_tree, leaves)
 
+    def unflatten_leaves(self, leaves):
+        """`unflatten` with every operand as its bare leaf: a quantity operand's unit is a node
+        of the operand tree, so plain `unflatten` of jaxpr vars (or positions) would wrap them
+        in `brainunit.Quantity`; this strips that wrapper and returns the leaves themselves."""
+        strip = lambda t: jax.tree.map(lambda q: u.get_mantissa(q) if isinstance(q, u.Quantity) else q, t,
+                                       is_leaf=lambda q: isinstance(q, u.Quantity))
+        x, params, aux = self.unflatten(leaves)
+        return strip(x), {k: strip(v) for k, v in params.items()}, strip(aux)
+
+    def operand_positions(self):
+        """``(x positions, {param: position}, {aux: position})`` in the flat operand list."""
+        return self.unflatten_leaves(list(range(self.in_tree.num_leaves)))
+
     def param_paths(self) -> tuple[str, ...]:
         """Names of the parameters this call takes, in flat-operand order."""
         x, params, aux = jax.tree.unflatten(self.in_tree, [None] * self.in_tree.num_leaves)

@@ -11,3 +11,67 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", prev)
+
+
+@pytest.fixture
+def precision64():
+    """float64 for jax *and* brainstate (``environ.set(precision=64)``, which braintools'
+    initialisers follow); restores both afterwards."""
+    import brainstate
+    prev_x64 = jax.config.jax_enable_x64
+    prev = brainstate.environ.get("precision", 32)
+    brainstate.environ.set(precision=64)
+    try:
+        yield
+    finally:
+        brainstate.environ.set(precision=prev)
+        jax.config.update("jax_enable_x64", prev_x64)
+
+
+# -- helpers shared by the test modules (import them from tests.conftest) ----------------------
+
+def bptt_reference(model, xs, ys, step_loss, *, dt=None):
+    """The exact gradient of ``sum_t mean_b step_loss(out_tb, y_tb)``, by `jax.grad` over a
+    `brainstate.transform.for_loop` of the model itself: independent of etprop's compiler
+    and learners. Each step runs in ``environ.context(i=i, t=i * dt)``, as etprop's drivers
+    do. Returns ``({'a.b': grad}, loss)`` keyed by dotted state path; the model's states end
+    where the sequence leaves them.
+    """
+    import brainstate
+    import jax.numpy as jnp
+
+    params = model.states(brainstate.ParamState)
+    T = jax.tree.leaves(xs)[0].shape[0]
+
+    def total():
+        def step(i, x, y):
+            ctx = brainstate.environ.context(i=i) if dt is None else brainstate.environ.context(i=i, t=i * dt)
+            with ctx:
+                out = model.update(x)
+            per = jax.vmap(step_loss)(out, y) if jnp.ndim(y) > 1 else step_loss(out, y)
+            return jnp.mean(per)
+
+        losses = brainstate.transform.for_loop(step, jnp.arange(T), xs, ys)
+        return jnp.sum(losses)
+
+    grads, loss = brainstate.transform.grad(total, params, return_value=True)()
+    return {".".join(map(str, k)): v for k, v in grads.items()}, loss
+
+
+def rel_err(a, b) -> float:
+    """Largest ``max|a - b| / max|b|`` over matching leaves (mantissas)."""
+    import brainunit as u
+    import jax.numpy as jnp
+    a = [u.get_mantissa(x) for x in jax.tree.leaves(a, is_leaf=u.math.is_quantity)]
+    b = [u.get_mantissa(x) for x in jax.tree.leaves(b, is_leaf=u.math.is_quantity)]
+    return max(float(jnp.max(jnp.abs(x - y)) / (jnp.max(jnp.abs(y)) + 1e-30)) for x, y in zip(a, b))
+
+
+def cosine(a, b) -> float:
+    """Cosine between two gradient pytrees, all leaves (mantissas) concatenated."""
+    import brainunit as u
+    import jax.numpy as jnp
+    flat = lambda t: jnp.concatenate([jnp.ravel(u.get_mantissa(x))
+                                      for x in jax.tree.leaves(t, is_leaf=u.math.is_quantity)])
+    a, b = flat(a), flat(b)
+    return float(a @ b / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + 1e-300))

@@ -94,6 +94,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self._check_cross_shape()
         self.batch_size = batch_size
         self._arg_shapes = [tuple(np.shape(a)) for a in jax.tree.leaves(example_inputs)]
+        self._arg_dtypes = [jnp.result_type(u.get_mantissa(a)) for a in jax.tree.leaves(example_inputs)]
         self._example_sample = (example_inputs if batch_size is None
                                 else jax.tree.map(lambda a: a[0], example_inputs))
         self._arg_tree = jax.tree.structure(example_inputs)
@@ -151,6 +152,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self.reset_traces()
         if hidden:
             self.graph.mf.write(hidden=self._hidden0)
+            self.graph.mf.reset_clock()
 
     # -- trace rules (per relation), implemented by subclasses -------------------------------
 
@@ -194,8 +196,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
     # -- helpers for the rules -----------------------------------------------------------------
 
     def _operand_pos(self, rel: Relation) -> int:
-        n = rel.call.in_tree.num_leaves
-        return rel.call.unflatten(list(range(n)))[1][rel.param]
+        return rel.call.operand_positions()[1][rel.param]
 
     def param_vjp(self, rel: Relation, operands, cotangent, x_override=None):
         """Per-sample pullback of the ETP equation w.r.t. the relation's parameter operand."""
@@ -451,7 +452,12 @@ class OnlineAlgorithm(brainstate.nn.Module):
         tree = jax.tree.structure(args)
         if tree != self._arg_tree:
             raise OperandError(f"{type(self).__name__}: inputs have structure {tree}, compiled for {self._arg_tree}")
-        for i, (leaf, want) in enumerate(zip(leaves, self._arg_shapes)):
+        for i, (leaf, want, want_dt) in enumerate(zip(leaves, self._arg_shapes, self._arg_dtypes)):
+            got_dt = jnp.result_type(u.get_mantissa(leaf))
+            if got_dt != want_dt:
+                raise OperandError(
+                    f"{type(self).__name__}: input {i} has dtype {got_dt}; compiled for {want_dt}. Cast the input "
+                    f"(x.astype({want_dt.name})) or recompile with etprop.compile(...) on an input of that dtype")
             got = tuple(np.shape(leaf))
             core = got[1:] if multi else got
             if core != want:

@@ -90,16 +90,19 @@ class _TraceRules(OnlineAlgorithm):
 
     def init_relation_trace(self, rel: Relation, kind: str):
         S = self.graph.groups[rel.group].num_states
+        # a trace carries dh/dtheta: it needs the wider of the two dtypes (a float32 weight
+        # from braintools may drive float64 hidden states)
+        h_dtype = self.graph.groups[rel.group].dtype
         if kind == "param":
             shape, dtype = self._param_shape(rel)
-            return [jnp.zeros(shape, dtype) for _ in range(S)]
+            return [jnp.zeros(shape, jnp.result_type(dtype, h_dtype)) for _ in range(S)]
         eqn = self.graph.closed.jaxpr.eqns[rel.eqn_index]
         y = eqn.outvars[0].aval
         if rel.n_x > 1:
             raise NotSupportedError(f"{rel.leaf_name}: factorised traces need a single-array input x, "
                                     f"{rel.call.primitive.name} has {rel.n_x}")
         ex = [jnp.zeros(v.aval.shape, v.aval.dtype) for v in eqn.invars[:rel.n_x]]
-        return {"ex": ex, "ef": [jnp.zeros(y.shape, y.dtype) for _ in range(S)]}
+        return {"ex": ex, "ef": [jnp.zeros(y.shape, jnp.result_type(y.dtype, h_dtype)) for _ in range(S)]}
 
     def advance_relation(self, rel: Relation, kind: str, trace, sig: StepSignals, count):
         D = sig.D[rel.group]

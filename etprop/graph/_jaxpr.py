@@ -20,7 +20,8 @@ from jax.extend import core as jcore
 
 from etprop.primitive import lookup_call
 
-__all__ = ["bind_eqn", "eval_hooked", "etp_equations", "nested_etp_primitives", "dependencies"]
+__all__ = ["bind_eqn", "eval_hooked", "etp_equations", "nested_etp_primitives", "dependencies",
+           "differentiable_while_loops"]
 
 
 def bind_eqn(eqn, invals):
@@ -141,3 +142,33 @@ def dependencies(jaxpr: jcore.Jaxpr, sources: Mapping[object, frozenset], *,
         for v in eqn.outvars:
             dep[v] = fs
     return dep
+
+
+def _has_float_operand(eqn) -> bool:
+    return any(not isinstance(v, jcore.Literal) and hasattr(v.aval, "dtype")
+               and jax.numpy.issubdtype(v.aval.dtype, jax.numpy.inexact) for v in eqn.invars)
+
+
+def differentiable_while_loops(jaxpr: jcore.Jaxpr, sources) -> list[str]:
+    """Names of the ``while`` loops (``lax.while_loop``, ``fori_loop`` with traced bounds) that
+    carry values depending on ``sources`` (invars): JAX has no reverse mode for them, and every
+    online learner needs the step's VJP. Loops nested in other primitives count when they carry
+    any floating-point value (their dependence is not tracked inside)."""
+    dep = dependencies(jaxpr, {v: frozenset({0}) for v in sources})
+    found = []
+
+    def nested(j):
+        for eqn in j.eqns:
+            if eqn.primitive.name == "while" and _has_float_operand(eqn):
+                found.append(eqn.primitive.name)
+            for sub in _subjaxprs(eqn):
+                nested(sub)
+
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "while":
+            if any(dep.get(v) for v in eqn.invars if not isinstance(v, jcore.Literal)):
+                found.append(eqn.primitive.name)
+            continue
+        for sub in _subjaxprs(eqn):
+            nested(sub)
+    return found

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import brainstate
 import brainunit as u
 import jax
 import jax.numpy as jnp
@@ -84,6 +85,9 @@ class ETraceGraph:
     notes: list
     batched: bool
     cross_shape_paths: tuple = ()  # (source hidden name, target hidden name): dependencies no group holds
+    readout_paths: tuple = ()  # (source, target) of a different shape that nothing upstream depends on
+    carried: tuple = ()  # (name, dtype) of non-float states the step writes: carried, not differentiated
+    truncated: tuple = ()  # untraced parameter leaves that reach a hidden state: current-step gradient only
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -121,12 +125,35 @@ class ETraceGraph:
                     mem_s = f"  trace {mem} bytes/sample" if mem is not None else ""
                     lines.append(f"  {name} {shape}: traced via {r.call.primitive.name} -> group "
                                  f"[{r.group}] {algo}{mem_s}")
+            elif name in self.truncated:
+                lines.append(f"  {name} {shape}: not traced ({self.untraced.get(name, 'no ETP relation')}); "
+                             f"gradient of the current step only, the state's memory of it is dropped (route it "
+                             f"through an ETP operator, e.g. etprop.matmul, to trace it)")
             else:
                 lines.append(f"  {name} {shape}: not traced ({self.untraced.get(name, 'no ETP relation')}); "
                              f"exact gradient through the current step")
+        if self.carried:
+            lines.append("carried, not differentiated (not floating point): "
+                         + ", ".join(f"{n} ({d})" for n, d in self.carried))
         for n in self.notes:
             lines.append(f"note: {n}")
         return "\n".join(lines)
+
+
+def _carried_states(mf: ModelFunction) -> tuple:
+    """Short-term states with non-float values (a boolean refractory flag, an int counter) that
+    the step writes: they are carried from step to step like any state, but have no derivative,
+    so no trace or learning signal flows through them."""
+    out = []
+    for st in mf.other_states[:-1]:  # the last is etprop's clock
+        if not isinstance(st, brainstate.ShortTermState) or type(st).__name__ == "RandomState":
+            continue
+        for leaf in jax.tree.leaves(st.value, is_leaf=u.math.is_quantity):
+            dt = jnp.result_type(u.get_mantissa(leaf))
+            if not jnp.issubdtype(dt, jnp.inexact):
+                out.append((mf.name(st), str(dt)))
+                break
+    return tuple(out)
 
 
 def _aval_shape(x):
@@ -189,7 +216,8 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
     # names of parameter leaves: state name + key path inside the state's value
     leaf_names = []
     for st, v in zip(mf.param_states, params):
-        for path, _ in jax.tree_util.tree_flatten_with_path(v)[0]:
+        # a quantity is one leaf (its mantissa): its unit is no part of the name
+        for path, _ in jax.tree_util.tree_flatten_with_path(v, is_leaf=u.math.is_quantity)[0]:
             suffix = jax.tree_util.keystr(path)
             leaf_names.append(mf.name(st) + suffix)
     param_avals = tuple(jaxpr.invars[i].aval for i in range(n_p))
@@ -201,6 +229,13 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
                                 f"learning needs ETP operators at the top level of the step. Move the loop or "
                                 f"branch out of update() or use a plain JAX op for that weight")
 
+    if _jaxpr.differentiable_while_loops(jaxpr, jaxpr.invars[:n_p + n_h]):
+        raise NotSupportedError(
+            f"{type(model).__name__}.update runs a lax.while_loop (or a fori_loop with traced bounds) over values "
+            f"that depend on the parameters or hidden states; JAX cannot differentiate it in reverse mode, and "
+            f"every learner needs the step's VJP. Use lax.scan or a fori_loop with static bounds "
+            f"(brainstate.transform.for_loop) for sub-steps inside update()")
+
     etp = dict(_jaxpr.etp_equations(jaxpr))
     if not etp:
         raise CompilationError(f"{type(model).__name__}.update uses no ETP operator: no weight can learn "
@@ -208,7 +243,7 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
                                f"operator) for the weights that should be trained by eligibility traces")
     etp_n_x, etp_out_avals = {}, {}
     for idx, call in etp.items():
-        x, _, _ = call.unflatten(list(range(call.in_tree.num_leaves)))
+        x, _, _ = call.operand_positions()
         etp_n_x[idx] = len(jax.tree.leaves(x))
         eqn = jaxpr.eqns[idx]
         etp_out_avals[idx] = eqn.outvars[0].aval
@@ -233,19 +268,29 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
             i = parent[i]
         return i
 
-    notes, cross = [], []
-    for j, v in enumerate(h_out):
-        for kind, k in deps_of(v):
-            if kind != "h" or k == j:
-                continue
+    notes, cross, readout = [], [], []
+    h_edges = {j: {k for kind, k in deps_of(v) if kind == "h" and k != j} for j, v in enumerate(h_out)}
+    reach = _reachability(h_edges, n_h)  # reach[a]: states whose new value depends on a, transitively
+    for j in range(n_h):
+        for k in sorted(h_edges[j]):
             if h_shapes[k] == h_shapes[j]:
                 parent[find(k)] = find(j)
-            else:
+            elif k in reach[j]:
+                # part of a loop: the traces of the states upstream would miss a feedback path
                 note = (f"hidden '{mf.hidden_names[k]}' {h_shapes[k]} drives '{mf.hidden_names[j]}' "
                         f"{h_shapes[j]}: states of different shapes cannot share a group, so diagonal traces "
                         f"drop that path (an approximation; compare with etprop.BPTT, or give both states one shape)")
                 notes.append(note)
                 cross.append((mf.hidden_names[k], mf.hidden_names[j]))
+            else:
+                # downstream only (a leaky readout integrating the network's output through a plain op):
+                # nothing upstream depends on it, so the traces are unchanged; the learning signal of a
+                # step holds the readout's response within the step, not its memory of earlier steps
+                notes.append(f"hidden '{mf.hidden_names[j]}' {h_shapes[j]} integrates '{mf.hidden_names[k]}' "
+                             f"{h_shapes[k]} through plain ops (a readout with memory): the online gradient of the "
+                             f"weights upstream uses the readout's response within each step and misses its memory "
+                             f"of earlier steps (an approximation; a memoryless readout is exact)")
+                readout.append((mf.hidden_names[k], mf.hidden_names[j]))
     roots = sorted({find(i) for i in range(n_h)})
     members = {r: tuple(i for i in range(n_h) if find(i) == r) for r in roots}
     groups, hidden_group = [], [0] * n_h
@@ -268,7 +313,7 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
     for idx in sorted(etp):
         call = etp[idx]
         eqn = jaxpr.eqns[idx]
-        _, p_ops, _ = call.unflatten(list(eqn.invars))
+        _, p_ops, _ = call.unflatten_leaves(list(eqn.invars))
         y_shape = tuple(etp_out_avals[idx].shape)
         for pname in sorted(p_ops):
             var = p_ops[pname]
@@ -307,13 +352,43 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
 
     graph = ETraceGraph(mf, closed, in_tree, out_tree, n_p, n_h, n_out, tuple(leaf_names), param_avals,
                         tuple(groups), tuple(hidden_group), tuple(relations), etp, etp_n_x, etp_out_avals,
-                        per_sample, untraced, notes, batched, tuple(cross))
+                        per_sample, untraced, notes, batched, tuple(cross), tuple(readout),
+                        _carried_states(mf))
     _check_diagonal(graph, leaves, probe_seed)
     traced = {r.leaf for r in graph.relations}
+    # an untraced parameter that reaches a hidden state: its gradient is the current step's term
+    # only, the state's memory of it is dropped (e.g. the weight of a leaky readout written with a
+    # plain op); one that reaches only the outputs gets its exact gradient
+    drives_state = {}
+    for j, v in enumerate(h_out):
+        for leaf in deps_of_in(pdep, v):
+            drives_state.setdefault(leaf, []).append(mf.hidden_names[j])
     for leaf, name in enumerate(leaf_names):
-        if leaf not in traced and name not in graph.untraced:
+        if leaf in traced:
+            continue
+        if leaf in drives_state:
+            graph.truncated = graph.truncated + (name,)
+            states = ", ".join(f"'{h}'" for h in drives_state[leaf])
+            graph.untraced.setdefault(name, f"a plain JAX op carries it into hidden state {states}")
+        elif name not in graph.untraced:
             graph.untraced[name] = "not consumed by an ETP operator (plain JAX op)"
     return graph
+
+
+def _reachability(edges: dict, n: int) -> list[set]:
+    """``reach[a]``: every state whose new value depends on ``a`` through a chain of steps'
+    dependencies (``edges[j]`` holds the states ``j`` reads)."""
+    out_edges = {a: {j for j in range(n) if a in edges[j]} for a in range(n)}
+    reach = []
+    for a in range(n):
+        seen, todo = set(), list(out_edges[a])
+        while todo:
+            b = todo.pop()
+            if b not in seen:
+                seen.add(b)
+                todo.extend(out_edges[b])
+        reach.append(seen)
+    return reach
 
 
 def deps_of_in(dep: dict, v) -> frozenset:

@@ -6,13 +6,21 @@ States are found by running ``update`` once under `brainstate.StateTraceStack`
 * params: `brainstate.ParamState` that ``update`` reads (must not be written);
 * hidden: floating `brainstate.ShortTermState` (incl. `HiddenState`) that ``update``
   writes, one array each, excluding `EligibilityTrace`;
-* others: everything else it touches (random keys, counters, long-term states),
-  carried through unchanged in meaning but not differentiated.
+* others: everything else it touches (random keys, counters, long-term states,
+  non-float short-term states such as a boolean refractory flag), carried through
+  unchanged in meaning but not differentiated.
+
+Time: brainpy.state neurons read ``brainstate.environ``'s ``t`` (refractory periods) and
+``i``. The step runs inside ``environ.context(i=i, t=i * dt)`` with ``i`` a step counter
+that the model function owns (the last of the others, ``'clock'``): every driver carries
+it like any other state, so each step of a scan, a window or a chunk sees its own time,
+and `reset` returns it to 0. ``dt`` is the one set when the model is compiled.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import brainstate
 import brainunit as u
@@ -51,6 +59,7 @@ class ModelFunction:
     other_states: tuple
     names: dict
     batched_other: tuple
+    dt: object = None  # brainstate.environ's dt at compile time (None: not set, no 't')
 
     @classmethod
     def discover(cls, model, example_args: tuple, *, batched: bool = False) -> "ModelFunction":
@@ -59,9 +68,10 @@ class ModelFunction:
                                    f"module whose update(*inputs) advances one time step")
         names = state_paths(model)
         record = {}
+        dt = _current_dt()
 
         def probe(*args):
-            with brainstate.StateTraceStack() as st:
+            with brainstate.StateTraceStack() as st, _time_context(jnp.zeros((), jnp.int32), dt):
                 model.update(*args)
             record["states"] = list(st.states)
             record["written"] = list(st.been_writen)
@@ -70,7 +80,15 @@ class ModelFunction:
 
         try:
             jax.make_jaxpr(probe)(*example_args)
-        except (CompilationError, NotSupportedError):
+        except KeyError as err:
+            missing = re.search(r"Key '(\w+)' not found", str(err))
+            if dt is None and missing and missing.group(1) in ("t", "dt"):
+                raise CompilationError(
+                    f"{type(model).__name__}.update reads brainstate.environ's {missing.group(1)!r}, but no dt is "
+                    f"set; "
+                    f"compile inside `with brainstate.environ.context(dt=0.1 * u.ms):` (or call "
+                    f"brainstate.environ.set(dt=...)) so that etprop can give every step its time t = i * dt"
+                ) from None
             raise
         params, hidden, others = [], [], []
         for st, written in zip(record["states"], record["written"]):
@@ -90,9 +108,21 @@ class ModelFunction:
                 hidden.append(st)
             else:
                 others.append(st)
-        batched_other = tuple(batched and isinstance(st, brainstate.ShortTermState) and not _is_random_state(st)
-                              for st in others)
-        return cls(model, tuple(params), tuple(hidden), tuple(others), names, batched_other)
+        batched_other = [batched and isinstance(st, brainstate.ShortTermState) and not _is_random_state(st)
+                         for st in others]
+        clock = brainstate.ShortTermState(jnp.zeros((), jnp.int32))
+        names[id(clock)] = "clock"
+        others.append(clock)
+        batched_other.append(False)
+        return cls(model, tuple(params), tuple(hidden), tuple(others), names, tuple(batched_other), dt)
+
+    @property
+    def clock(self):
+        """The step counter ``i`` (an int32 scalar state; ``t = i * dt``)."""
+        return self.other_states[-1]
+
+    def reset_clock(self):
+        self.clock.value = jnp.zeros((), jnp.int32)
 
     def name(self, st) -> str:
         return self.names.get(id(st), type(st).__name__)
@@ -123,9 +153,11 @@ class ModelFunction:
         with brainstate.StateTraceStack() as st:
             for s, v in zip(states, tuple(params) + tuple(hidden) + tuple(others)):
                 s.value = v
-            out = self.model.update(*args)
+            i = others[-1]
+            with _time_context(i, self.dt):
+                out = self.model.update(*args)
             new_hidden = tuple(s.value for s in self.hidden_states)
-            new_others = tuple(s.value for s in self.other_states)
+            new_others = tuple(s.value for s in self.other_states[:-1]) + (i + 1,)
         st.recovery_original_values()
         return out, new_hidden, new_others
 
@@ -136,3 +168,17 @@ def _is_float_array(v) -> bool:
         return False
     m = u.get_mantissa(leaves[0])
     return hasattr(m, "dtype") and jnp.issubdtype(m.dtype, jnp.floating)
+
+
+def _current_dt():
+    try:
+        return brainstate.environ.get_dt()
+    except (KeyError, AssertionError, ValueError):
+        return None
+
+
+def _time_context(i, dt):
+    """``environ.context(i=i, t=i * dt)`` (only ``i`` when no dt is set)."""
+    if dt is None:
+        return brainstate.environ.context(i=i)
+    return brainstate.environ.context(i=i, t=i * dt)
