@@ -310,6 +310,12 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
         for kind, k in deps_of(v):
             if kind == "y":
                 drives[k].add(hidden_group[j])
+    # ETP outputs that reach another ETP operator's operands (e.g. a gate feeding a matmul's input)
+    ydep = _jaxpr.dependencies(jaxpr, {i: {i} for i in etp})
+    feeds_etp = set()
+    for j in etp:
+        for v in jaxpr.eqns[j].invars:
+            feeds_etp |= set(deps_of_in(ydep, v))
     for idx in sorted(etp):
         call = etp[idx]
         eqn = jaxpr.eqns[idx]
@@ -329,8 +335,12 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
             lname = leaf_names[leaf]
             gs = sorted(drives[idx])
             if not gs:
-                untraced.setdefault(lname, f"output of {call.primitive.name} reaches no hidden state without "
-                                           f"passing another ETP operator")
+                if idx in feeds_etp:
+                    why = (f"output of {call.primitive.name} reaches no hidden state without passing another ETP "
+                           f"operator")
+                else:
+                    why = f"output of {call.primitive.name} reaches no hidden state (a readout)"
+                untraced.setdefault(lname, why)
                 continue
             for g in gs:
                 if groups[g].shape != y_shape:

@@ -12,12 +12,20 @@ Layers are stateless (no hidden state); they are usually called from a cell or n
 
 Initialisers
 ------------
-Every ``*_init`` argument is either an array of the parameter's shape or a callable
-``init(key, shape, dtype) -> array``, the signature of `jax.nn.initializers`
-(``jax.nn.initializers.lecun_normal()``, ``orthogonal()``, ``zeros``, ...). The random
-key comes from ``key``: an ``int`` seed, a JAX PRNG key, or ``None`` for a key drawn from
-brainstate's global generator (`brainstate.random.split_key`). Arrays are created in
-JAX's default float dtype (float32, or float64 under ``jax_enable_x64``).
+Every ``*_init`` argument is one of
+
+* an array or a `brainunit.Quantity` of the parameter's shape (the parameter keeps the unit);
+* a `braintools.init` initialiser (``braintools.init.KaimingNormal(unit=u.mS)``,
+  ``Normal(0., 1.)``, ``Constant(0.5 * u.mV)``, ...), called as braintools calls it,
+  ``init(shape)``, with the layer's key as its random generator; its ``unit=`` is kept;
+* a callable ``init(key, shape, dtype) -> array``, the signature of `jax.nn.initializers`
+  (``jax.nn.initializers.lecun_normal()``, ``orthogonal()``, ``zeros``, ...).
+
+The random key comes from ``key``: an ``int`` seed, a JAX PRNG key, or ``None`` for a key
+drawn from brainstate's global generator (`brainstate.random.split_key`). Values are
+created in JAX's default float dtype (float32, or float64 under ``jax_enable_x64``). When
+the weight carries a unit and no ``b_init`` is given, the bias is zero in the weight's unit
+(the output's unit for unitless inputs).
 
 ==================  ============================  =================================  =====================
 layer               operator                      parameters                         D-RTRL trace kind
@@ -40,9 +48,11 @@ under every algorithm.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 
 import brainstate
+import brainunit as u
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,17 +83,43 @@ def default_float():
     return jnp.zeros(()).dtype
 
 
-def init_array(init: Init, key, shape: Sequence[int], name: str, dtype=None) -> jax.Array:
-    """Create a parameter value from ``init`` (an array or ``init(key, shape, dtype)``)."""
+def is_braintools_init(init) -> bool:
+    """Whether ``init`` is a `braintools.init` initialiser (called as ``init(shape, rng=...)``)."""
+    mod = sys.modules.get("braintools.init")  # a user who made one has imported braintools
+    return mod is not None and isinstance(init, getattr(mod, "Initialization", ()))
+
+
+def init_array(init: Init, key, shape: Sequence[int], name: str, dtype=None):
+    """Create a parameter value from ``init``: an array or quantity, a `braintools.init`
+    initialiser or ``init(key, shape, dtype)``. A unit of the result is kept: the value is a
+    `brainunit.Quantity` then, a plain array otherwise."""
     shape = tuple(int(s) for s in shape)
     dtype = default_float() if dtype is None else dtype
-    if callable(init):
-        value = init(key, shape, dtype)
-    else:
-        value = jnp.asarray(init, dtype)
-    if tuple(value.shape) != shape:
-        raise ArgumentError(f"the initial value of '{name}' has shape {tuple(value.shape)}, expected {shape}")
-    return jnp.asarray(value, dtype)
+    try:
+        if is_braintools_init(init):
+            value = init(shape, rng=brainstate.random.RandomState(as_key(key)))
+        elif callable(init):
+            value = init(key, shape, dtype)
+        else:
+            value = init
+        mantissa, unit = u.split_mantissa_unit(value)
+        mantissa = jnp.asarray(mantissa, dtype)
+    except (TypeError, ValueError) as err:
+        raise ArgumentError(f"the initialiser of '{name}' failed for shape {shape}: {err}. Give an array or quantity "
+                            f"of that shape, a braintools.init initialiser, or init(key, shape, dtype)") from None
+    if tuple(mantissa.shape) != shape:
+        raise ArgumentError(f"the initial value of '{name}' has shape {tuple(mantissa.shape)}, expected {shape}")
+    return mantissa if unit.is_unitless and unit.factor == 1.0 else u.Quantity(mantissa, unit=unit)
+
+
+def _bias_init(b_init: Init, weight):
+    """``b_init``, or zeros in the weight's unit when none is given."""
+    if b_init is not None:
+        return b_init
+    unit = u.get_unit(weight)
+    if unit.is_unitless:
+        return _zeros
+    return lambda key, shape, dtype: u.Quantity(jnp.zeros(shape, dtype), unit=unit)
 
 
 def _keys(key, n: int):
@@ -118,9 +154,9 @@ def _constraint_fn(mask, sign):
 
     def weight_fn(w):
         if sign is not None:
-            w = jnp.abs(w) * sign.astype(w.dtype)
+            w = u.math.abs(w) * sign.astype(u.get_mantissa(w).dtype)
         if mask is not None:
-            w = w * mask.astype(w.dtype)
+            w = w * mask.astype(u.get_mantissa(w).dtype)
         return w
 
     return weight_fn
@@ -166,7 +202,7 @@ class Linear(brainstate.nn.Module):
         shape = (self.in_features, self.out_features)
         k_w, k_b = _keys(key, 2)
         self.weight = brainstate.ParamState(init_array(_lecun if w_init is None else w_init, k_w, shape, "weight"))
-        self.bias = _maybe_param(bias, _zeros if b_init is None else b_init, k_b, (self.out_features,), "bias")
+        self.bias = _maybe_param(bias, _bias_init(b_init, self.weight.value), k_b, (self.out_features,), "bias")
         self.w_mask = None if w_mask is None else _check_mask(w_mask, shape)
         self.sign = None if sign is None else _check_sign(sign, shape)
         self._weight_fn = _constraint_fn(self.w_mask, self.sign)
@@ -259,7 +295,7 @@ class SparseLinear(brainstate.nn.Module):
                 std = 1.0 / math.sqrt(max(1.0, nse / shape[1]))
                 w_init = jax.nn.initializers.normal(std)
         self.weight = brainstate.ParamState(init_array(w_init, k_w, (nse,), "weight"))
-        self.bias = _maybe_param(bias, _zeros if b_init is None else b_init, k_b, (shape[1],), "bias")
+        self.bias = _maybe_param(bias, _bias_init(b_init, self.weight.value), k_b, (shape[1],), "bias")
         self.structure = jsparse.BCOO((jnp.zeros((nse,), jnp.float32), indices), shape=shape)
 
     def todense(self) -> jax.Array:
@@ -351,7 +387,7 @@ class _ConvNd(brainstate.nn.Module):
         shape = self.kernel_size + (self.in_channels // self.groups, self.out_channels)
         k_w, k_b = _keys(key, 2)
         self.weight = brainstate.ParamState(init_array(_lecun if w_init is None else w_init, k_w, shape, "weight"))
-        self.bias = _maybe_param(bias, _zeros if b_init is None else b_init, k_b, (self.out_channels,), "bias")
+        self.bias = _maybe_param(bias, _bias_init(b_init, self.weight.value), k_b, (self.out_channels,), "bias")
 
     def update(self, x):
         """``x``: ``(*spatial, C_in)`` or ``(B, *spatial, C_in)`` (channels last)."""
@@ -478,7 +514,7 @@ class GroupedLinear(brainstate.nn.Module):
             else w_init
         self.weight = brainstate.ParamState(init_array(init, k_w, self.in_size[:1] + (self.in_features,
                                                                                     self.out_features), "weight"))
-        self.bias = _maybe_param(bias, _zeros if b_init is None else b_init, k_b, self.out_size, "bias")
+        self.bias = _maybe_param(bias, _bias_init(b_init, self.weight.value), k_b, self.out_size, "bias")
 
     def update(self, x):
         return etprop.grouped_matmul(x, self.weight.value, _value(self.bias))

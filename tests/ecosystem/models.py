@@ -20,13 +20,14 @@ DT = 1.0 * u.ms
 class Comm(brainstate.nn.Module):
     """``x @ W`` through `etprop.matmul`, ``W`` a braintools initialiser's quantity."""
 
-    def __init__(self, n_in, n_out, unit, scale=1.0):
+    def __init__(self, n_in, n_out, unit, scale=1.0, op=None):
         super().__init__()
+        self.op = etprop.matmul if op is None else op  # another library's ETP matmul, for comparisons
         self.in_size, self.out_size = (n_in,), (n_out,)  # what a projection's delay buffer reads
         self.weight = brainstate.ParamState(braintools.init.KaimingNormal(scale=scale, unit=unit)((n_in, n_out)))
 
     def update(self, x):
-        return etprop.matmul(x, self.weight.value)
+        return self.op(x, self.weight.value)
 
 
 class Readout(brainstate.nn.Module):
@@ -75,7 +76,7 @@ class FeedForward(brainstate.nn.Module):
     """
 
     def __init__(self, neuron, n_in=8, n_hid=12, n_out=3, *, syn="Expon", out="CUBA", proj="align_post",
-                 readout="plain", delay=None, pre=None, w_scale=1.0, out_unit=None):
+                 readout="plain", delay=None, pre=None, w_scale=1.0, out_unit=None, op=None):
         super().__init__()
         # presynaptic dynamics applied to the input spikes before the projection: 'AMPA'/'GABAa'
         # (kinetic synapses, the open fraction, unitless), 'STP'/'STD' (released resources)
@@ -88,14 +89,14 @@ class FeedForward(brainstate.nn.Module):
         out_mod = {"CUBA": lambda: bps.CUBA(), "COBA": lambda: bps.COBA(E=5. * u.mV)}[out]() if out else None
         if proj == "align_post":
             w_unit = u.mS if out_unit is None else out_unit
-            self.proj = bps.AlignPostProj(comm=Comm(n_in, n_hid, w_unit, w_scale), syn=SYNAPSES[syn](n_hid, w_unit),
+            self.proj = bps.AlignPostProj(comm=Comm(n_in, n_hid, w_unit, w_scale, op), syn=SYNAPSES[syn](n_hid, w_unit),
                                           out=out_mod, post=self.neu, delay=delay)
         elif proj == "delta":
             w_unit = u.mV if out_unit is None else out_unit
-            self.proj = bps.DeltaProj(comm=Comm(n_in, n_hid, w_unit, w_scale), post=self.neu)
+            self.proj = bps.DeltaProj(comm=Comm(n_in, n_hid, w_unit, w_scale, op), post=self.neu)
         elif proj == "current":
             w_unit = u.mS if out_unit is None else out_unit
-            self.proj = bps.CurrentProj(comm=Comm(n_in, n_hid, w_unit, w_scale), out=out_mod, post=self.neu)
+            self.proj = bps.CurrentProj(comm=Comm(n_in, n_hid, w_unit, w_scale, op), out=out_mod, post=self.neu)
         else:
             raise ValueError(proj)
         if readout == "plain":
@@ -114,12 +115,12 @@ class Recurrent(brainstate.nn.Module):
     exponential synapse) onto one population; the recurrent input is the previous step's
     spikes. Three states per neuron (two conductances and V), a dense recurrent weight."""
 
-    def __init__(self, neuron, n_in=8, n_hid=12, n_out=3, w_scale=3.0, rec_scale=1.0):
+    def __init__(self, neuron, n_in=8, n_hid=12, n_out=3, w_scale=3.0, rec_scale=1.0, op=None):
         super().__init__()
         self.neu = NEURONS[neuron](n_hid)
-        self.proj = bps.AlignPostProj(comm=Comm(n_in, n_hid, u.mS, w_scale), syn=SYNAPSES["Expon"](n_hid, u.mS),
+        self.proj = bps.AlignPostProj(comm=Comm(n_in, n_hid, u.mS, w_scale, op), syn=SYNAPSES["Expon"](n_hid, u.mS),
                                       out=bps.CUBA(), post=self.neu)
-        self.rec = bps.AlignPostProj(comm=Comm(n_hid, n_hid, u.mS, rec_scale), syn=SYNAPSES["Expon"](n_hid, u.mS),
+        self.rec = bps.AlignPostProj(comm=Comm(n_hid, n_hid, u.mS, rec_scale, op), syn=SYNAPSES["Expon"](n_hid, u.mS),
                                      out=bps.CUBA(), post=self.neu)
         self.readout = Readout(n_hid, n_out)
 
