@@ -30,9 +30,6 @@ import jax.numpy as jnp
 
 import etprop
 
-jax.config.update("jax_enable_x64", True)
-brainstate.environ.set(precision=64)
-
 from tests.conftest import bptt_reference, cosine, rel_err  # noqa: E402  (the checkout's test helpers)
 from tests.ecosystem import test_brainpy_models as M  # noqa: E402
 from tests.ecosystem.models import DT, FeedForward, Recurrent, mse  # noqa: E402
@@ -82,6 +79,8 @@ def _row(name, make_of, batch, dt, T, algo_name, exact):
     measure = (lambda a, b: rel_err(a, b)) if exact else cosine
     row["etprop"] = {k: measure(g[k], ref[k]) for k in ref}
     row["etprop_all"] = max(row["etprop"].values()) if exact else cosine(g, ref)
+    row["etprop_traced"] = (max(row["etprop"][k] for k in traced) if exact else
+                            cosine({k: g[k] for k in traced}, {k: ref[k] for k in traced}))
     if bt is not None:
         row["braintrace"] = {k: measure(bt[k], ref[k]) for k in ref if k in bt}
         row["braintrace_zero"] = sorted(k for k in bt if not float(jnp.max(jnp.abs(u.get_mantissa(bt[k])))))
@@ -90,8 +89,7 @@ def _row(name, make_of, batch, dt, T, algo_name, exact):
         # on the weights both libraries trace (braintrace gives the others zero)
         row["braintrace_traced"] = (max(row["braintrace"][k] for k in traced) if exact else
                                     cosine({k: bt[k] for k in traced}, {k: ref[k] for k in traced}))
-        row["etprop_traced"] = (max(row["etprop"][k] for k in traced) if exact else
-                                cosine({k: g[k] for k in traced}, {k: ref[k] for k in traced}))
+
     else:
         row["braintrace_error"] = bt_err or "braintrace not installed"
     return row
@@ -117,6 +115,7 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", help="model names (substrings) to run")
     p.add_argument("--out", help="write every row as JSON here")
     a = p.parse_args(argv)
+    brainstate.environ.set(precision=64)  # float64 for jax and for braintools' initialisers
     print(f"# brainpy.state networks, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
           f"jax {jax.__version__}, brainstate {brainstate.__version__}, etprop {etprop.__version__}, "
           f"braintrace {getattr(braintrace, '__version__', '-')}, float64\n")
@@ -138,7 +137,7 @@ def main(argv=None):
             bt = f"{_fmt(r['braintrace_all'], exact)} | {_fmt(r['braintrace_traced'], exact)}"
         else:
             bt = f"{r['braintrace_error']} | -"
-        et_traced = _fmt(r["etprop_traced"], exact) if "etprop_traced" in r else "-"
+        et_traced = _fmt(r["etprop_traced"], exact)
         print(f"| {name} | {algo} | {r['S']} | {', '.join(r['traced'])} | {r['firing']:.1%} | "
               f"{_fmt(r['etprop_all'], exact)} ({what}) | {et_traced} | {bt} | "
               f"{', '.join(r.get('braintrace_zero', [])) or '-'} |", flush=True)

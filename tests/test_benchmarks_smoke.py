@@ -153,3 +153,21 @@ def test_chunk_option_reaches_the_learners(monkeypatch):
             f, args = c.build()
             f(*args)
     assert seen == {"D_RTRL": [2, 1], "ES_D_RTRL": [2]}
+
+
+def test_ecosystem_comparison_runs(capsys, tmp_path):
+    """benchmarks/ecosystem.py: one network of the matrix, etprop's error against BPTT printed."""
+    from benchmarks import ecosystem
+    prev = jax.config.jax_enable_x64
+    try:
+        assert ecosystem.main(["--only", "DeltaProj", "--out", str(tmp_path / "eco.json")]) == 0
+    finally:
+        import brainstate
+        brainstate.environ.set(precision=32)
+        jax.config.update("jax_enable_x64", prev)
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith("| DeltaProj |")]
+    assert len(row) == 1
+    rows = json.loads((tmp_path / "eco.json").read_text())
+    assert rows[0]["model"] == "DeltaProj" and rows[0]["etprop_all"] <= 1e-6
+    assert rows[0]["traced"] == ["proj.comm.weight"]

@@ -195,10 +195,12 @@ def test_leaky_rate_readout_is_outside_the_traces_and_reported(precision64):
     assert cosine(grads, ref) >= 0.8
 
 
-# measured floors (float64, T=20, B=3, seed 0; see the closing note): the dense recurrent
-# weight's off-diagonal influence is what D-RTRL drops
-RECURRENT_FLOORS = {("LIF", "d_rtrl"): 0.95, ("LIF", "es_d_rtrl"): 0.9,
-                    ("ALIF", "d_rtrl"): 0.95, ("ALIF", "es_d_rtrl"): 0.9}
+# floors on the traced weights' cosine to BPTT, just under what was measured (float64, T=20,
+# B=3, seed 0; benchmarks/ecosystem.py): LIF D-RTRL 0.9873, ES-D-RTRL 0.9812; ALIF 0.9866,
+# 0.9790 (braintrace on the same models: 0.9827, 0.9729; 0.9765, 0.9593). The dense recurrent
+# weight's off-diagonal influence is what D-RTRL drops.
+RECURRENT_FLOORS = {("LIF", "d_rtrl"): 0.98, ("LIF", "es_d_rtrl"): 0.975,
+                    ("ALIF", "d_rtrl"): 0.98, ("ALIF", "es_d_rtrl"): 0.97}
 
 
 @pytest.mark.parametrize("neuron,algo", sorted(RECURRENT_FLOORS))
@@ -210,7 +212,10 @@ def test_recurrent_brainpy_network_cosine_to_bptt(precision64, neuron, algo):
     assert {r.leaf_name for r in learner.graph.relations} >= {"proj.comm.weight", "rec.comm.weight"}
     for k in ref:
         assert float(jnp.max(jnp.abs(u.get_mantissa(grads[k])))) > 0, k
-    assert cosine(grads, ref) >= RECURRENT_FLOORS[(neuron, algo)], cosine(grads, ref)
+    traced = ("proj.comm.weight", "rec.comm.weight")
+    cos = cosine({k: grads[k] for k in traced}, {k: ref[k] for k in traced})
+    assert cos >= RECURRENT_FLOORS[(neuron, algo)], cos
+    assert cosine(grads, ref) >= 0.999  # every parameter (the readout's gradient is exact)
 
 
 LEARNERS = {
@@ -269,3 +274,25 @@ def test_float32_matches_float64_with_more_than_64_inputs():
     w32, w64 = out[32]["proj.comm.weight"], out[64]["proj.comm.weight"]
     assert np.abs(w64[64:]).max() > 0  # inputs above 64 carry gradient
     np.testing.assert_allclose(w32, w64, rtol=2e-3, atol=2e-3 * np.abs(w64).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learner_name", sorted(LEARNERS))
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_model_compiles_and_learns_with_every_learner(name, learner_name):
+    """The whole model x learner matrix (float32): compiles, and one sequence gives a finite
+    gradient that is non-zero on every leaf."""
+    kw, batch, dt, steps = CONFIGS[name]
+    xs, ys = _data(steps, batch)
+    # brainpy.state's HH overflows in float32 at this step size (its own forward pass reaches NaN
+    # at step 43; etprop reports it as a NumericalError naming neu.V): it runs in float64
+    precision = 64 if name == "HH" else 32
+    with brainstate.environ.context(dt=dt, precision=precision):
+        model = build(lambda: FeedForward(**kw), batch)
+        xs, ys = xs.astype(jnp.result_type(float)), ys.astype(jnp.result_type(float))
+        learner = LEARNERS[learner_name](model).compile_graph(xs[0], batch_size=batch)
+        grads, losses = learner.etrace_grad(xs, ys, mse)
+    assert np.all(np.isfinite(np.asarray(losses)))
+    for k, g in grads.items():
+        m = np.asarray(u.get_mantissa(g))
+        assert np.all(np.isfinite(m)) and np.abs(m).max() > 0, k

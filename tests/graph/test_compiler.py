@@ -188,3 +188,47 @@ def test_states_of_different_shapes_depending_on_each_other_are_an_error_for_tra
     etprop.compile(_CrossShape(), etprop.BPTT, jnp.ones(2))  # exact: every path is kept
     with pytest.raises(etprop.ArgumentError, match="cross_shape"):
         etprop.compile(_CrossShape(), etprop.D_RTRL, jnp.ones(2), cross_shape="ignore")
+
+
+class _SubSteps(bs.nn.Module):
+    """An integrator with sub-steps inside update(): scan, static fori_loop, cond or while_loop."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.w = bs.ParamState(jax.random.normal(jax.random.key(0), (3, 5)) * 0.5)
+        self.v = bs.HiddenState(jnp.zeros(5))
+
+    def update(self, x):
+        i = etprop.matmul(x, self.w.value)
+        v = self.v.value
+        euler = lambda c: c + 0.25 * (-c + jnp.tanh(i))
+        if self.kind == "scan":
+            v = jax.lax.scan(lambda c, _: (euler(c), None), v, None, length=4)[0]
+        elif self.kind == "fori":
+            v = jax.lax.fori_loop(0, 4, lambda k, c: euler(c), v)
+        elif self.kind == "cond":
+            v = jax.lax.cond(jnp.sum(x) > 0, lambda a: 0.9 * a + i, lambda a: 0.5 * a + i, v)
+        elif self.kind == "while":
+            v = jax.lax.while_loop(lambda c: c[0] < 4, lambda c: (c[0] + 1, euler(c[1])), (0, v))[1]
+        self.v.value = v
+        return v
+
+
+@pytest.mark.parametrize("kind", ["scan", "fori", "cond"])
+def test_control_flow_inside_update_is_traced_exactly(x64, kind):
+    from tests.conftest import bptt_reference, rel_err
+    xs = jax.random.normal(jax.random.key(1), (10, 3))
+    ys = jax.random.normal(jax.random.key(2), (10, 5))
+    mse = lambda o, y: jnp.sum((o - y) ** 2)
+    ref, _ = bptt_reference(_SubSteps(kind), xs, ys, mse)
+    learner = etprop.compile(_SubSteps(kind), etprop.D_RTRL, xs[0])
+    grads, _ = learner.etrace_grad(xs, ys, mse)
+    assert [r.leaf_name for r in learner.graph.relations] == ["w"]
+    assert float(jnp.max(jnp.abs(ref["w"]))) > 0
+    assert rel_err(grads, ref) <= 1e-10
+
+
+def test_while_loop_over_differentiable_values_is_refused_clearly():
+    with pytest.raises(etprop.NotSupportedError, match=r"while_loop.*reverse mode.*lax.scan"):
+        etprop.compile(_SubSteps("while"), etprop.D_RTRL, jnp.ones(3))
