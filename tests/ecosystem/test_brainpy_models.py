@@ -162,6 +162,32 @@ def test_every_step_sees_its_own_time(precision64):
         np.testing.assert_allclose(learner(etprop.MultiStepData(xs[:2]))[:, 1], [0, 1])
 
 
+@pytest.mark.parametrize("algo", [etprop.D_RTRL, etprop.ES_D_RTRL, etprop.BPTT, etprop.RTRL, etprop.EProp])
+def test_every_learner_gives_each_step_its_time(algo):
+    """The loss of step i reads the model's t: the per-step losses are t_i = i * dt, for the
+    sequence driver of every learner family and for braintrace's step_fn convention."""
+
+    class TimeOut(brainstate.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = brainstate.ParamState(jnp.ones((2, 2)))
+            self.h = brainstate.HiddenState(jnp.zeros(2))
+
+        def update(self, x):
+            self.h.value = 0.5 * self.h.value + etprop.matmul(x, self.w.value)
+            return u.get_mantissa(brainstate.environ.get("t") / u.ms) + 0.0 * self.h.value
+
+    xs, ys = jnp.ones((6, 2)), jnp.zeros((6, 2))
+    with brainstate.environ.context(dt=0.25 * u.ms):
+        learner = etprop.compile(TimeOut(), algo, xs[0])
+        *_, losses = learner.etrace_grad(xs, ys, lambda out, y: out[0], return_losses=True)
+        np.testing.assert_allclose(losses, 0.25 * np.arange(6), atol=1e-6)
+        if algo is not etprop.BPTT:  # braintrace's convention: the step function calls the learner
+            learner.reset()
+            *_, per_step = learner.etrace_grad(xs, ys, step_fn=lambda x, y: learner(x)[0], return_losses=True)
+            np.testing.assert_allclose(per_step, 0.25 * np.arange(6), atol=1e-6)
+
+
 def test_reading_time_without_dt_is_a_clear_error():
     class NeedsT(brainstate.nn.Module):
         def __init__(self):
