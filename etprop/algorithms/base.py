@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from etprop.errors import ArgumentError, NotSupportedError, NumericalError, OperandError
+from etprop.fncache import LRUCache, split as split_fn
 from etprop.graph._jaxpr import bind_eqn
 from etprop.graph.compiler import ETraceGraph, Relation, compile_graph
 from etprop.input_data import MultiStepData, SingleStepData
@@ -101,7 +102,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self._kinds = {i: self.relation_kind(r) for i, r in enumerate(self.graph.relations)}
         self.etrace = EligibilityTrace(self._batch(self._init_sample_traces()))
         self._hidden0 = self.graph.mf.values()[1]  # what reset() returns the hidden states to
-        self._jit_cache = {}
+        self._jit_cache = LRUCache(32)  # compiled drivers, keyed by what the user's functions compute
         self._window_fn = self._make_window()
         self._chunk_fns = {}
         return self
@@ -557,22 +558,25 @@ class OnlineAlgorithm(brainstate.nn.Module):
         if mask.shape != (T,):
             raise ArgumentError(f"mask must have shape ({T},), got {mask.shape}")
         states = self.param_states()
-        key = ("step_fn", step_fn)
+        # a fresh `lambda` per call with the same code shares one compiled driver; the arrays it
+        # captures are arguments, so a changed array gives the new result without a recompile
+        fkey, captured, rebuild = split_fn(step_fn)
+        key = ("step_fn", fkey)
         fn = self._jit_cache.get(key)
         if fn is None:
-            grad_fn = brainstate.transform.grad(step_fn, grad_states=states, return_value=True)
+            def run(seqs, mask, captured):
+                grad_fn = brainstate.transform.grad(rebuild(captured), grad_states=states, return_value=True)
 
-            def body(acc, inp):
-                sl, m = inp
-                g, loss = grad_fn(*sl)
-                return jax.tree.map(lambda a, b: a + m * b, acc, g), m * _mantissa(loss)
+                def body(acc, inp):
+                    sl, m = inp
+                    g, loss = grad_fn(*sl)
+                    return jax.tree.map(lambda a, b: a + m * b, acc, g), m * _mantissa(loss)
 
-            def run(seqs, mask):
                 zero = jax.tree.map(jnp.zeros_like, {k: s.value for k, s in states.items()})
                 return brainstate.transform.scan(body, zero, (seqs, mask))
 
             fn = self._jit_cache[key] = brainstate.transform.jit(run)
-        grads, losses = fn(seqs, mask)
+        grads, losses = fn(seqs, mask, captured)
         if reduction == "mean":
             scale = 1.0 / jnp.maximum(jnp.sum(mask), 1.0)
             grads = jax.tree.map(lambda g: g * scale, grads)
@@ -746,13 +750,17 @@ class OnlineAlgorithm(brainstate.nn.Module):
         returning ``(grad leaves, per-step losses, hidden', others', traces'[, outs])``."""
         if window is None:
             window = self.default_window
-        key = (step_loss, window, return_out, mode)
+        # keyed by what step_loss computes (its code and static closure values); the arrays it
+        # captures are passed in, so a new closure of the same code reuses the compiled scan
+        lkey, captured, rebuild = split_fn(step_loss) if step_loss is not None else (None, [], lambda a: None)
+        key = (lkey, window, return_out, mode)
         fn = self._jit_cache.get(key)
         if fn is not None:
-            return fn
-        window_losses = lambda out, ys, mask: self._window_losses(step_loss, out, ys, mask)
+            return lambda *a: fn(*a, captured)
 
-        def run(params, hidden, others, traces, args, ys, mask):
+        def run(params, hidden, others, traces, args, ys, mask, captured):
+            loss = rebuild(captured)
+            window_losses = lambda out, ys, mask: self._window_losses(loss, out, ys, mask)
             T = mask.shape[0]
             win = T if window is None else min(window, T)
             n, rest = divmod(T, win)
@@ -788,7 +796,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
             return res + (outs,) if return_out else res
 
         fn = self._jit_cache[key] = jax.jit(run)
-        return fn
+        return lambda *a: fn(*a, captured)
 
 
 @jax.jit
