@@ -306,8 +306,8 @@ def test_float32_matches_float64_with_more_than_64_inputs():
 @pytest.mark.parametrize("learner_name", sorted(LEARNERS))
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_every_model_compiles_and_learns_with_every_learner(name, learner_name):
-    """The whole model x learner matrix (float32): compiles, and one sequence gives a finite
-    gradient that is non-zero on every leaf."""
+    """The whole model x learner matrix (float32): compiles, and training steps under
+    `brainstate.transform.jit` give finite gradients, non-zero on every leaf."""
     kw, batch, dt, steps = CONFIGS[name]
     xs, ys = _data(steps, batch)
     # brainpy.state's HH overflows in float32 at this step size (its own forward pass reaches NaN
@@ -317,7 +317,17 @@ def test_every_model_compiles_and_learns_with_every_learner(name, learner_name):
         model = build(lambda: FeedForward(**kw), batch)
         xs, ys = xs.astype(jnp.result_type(float)), ys.astype(jnp.result_type(float))
         learner = LEARNERS[learner_name](model).compile_graph(xs[0], batch_size=batch)
-        grads, losses = learner.etrace_grad(xs, ys, mse)
+
+        @brainstate.transform.jit
+        def train_step(xs, ys):
+            learner.reset()
+            grads, losses = learner.etrace_grad(xs, ys, mse)
+            for k, st in learner.param_states().items():
+                st.value = st.value - 1e-3 * grads[k]
+            return grads, losses
+
+        train_step(xs, ys)
+        grads, losses = train_step(xs, ys)
     assert np.all(np.isfinite(np.asarray(losses)))
     for k, g in grads.items():
         m = np.asarray(u.get_mantissa(g))
