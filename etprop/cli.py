@@ -145,10 +145,19 @@ def _list(command: str) -> int:
         return 0
     if command == "tasks":
         from etprop.tasks import TASKS as choices
-    else:
-        from etprop.experiment.runner import ALGOS as choices
+        for name, cls in sorted(choices.items()):
+            print(f"{name:10s} {_summary(cls.__doc__)}")
+        return 0
+    from etprop.algorithms.rules import canonical_name
+    from etprop.experiment.runner import ALGOS as choices
+    aliases = {}
+    for name in choices:
+        if canonical_name(name) != name:
+            aliases.setdefault(canonical_name(name), []).append(name)
     for name, cls in sorted(choices.items()):
-        print(f"{name:10s} {_summary(cls.__doc__)}")
+        if canonical_name(name) == name:
+            also = f" (also: {', '.join(sorted(aliases[name]))})" if name in aliases else ""
+            print(f"{name:16s} {_summary(cls.__doc__)}{also}")
     return 0
 
 

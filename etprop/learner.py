@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import brainstate
+import numpy as np
+
 from etprop.algorithms.base import OnlineAlgorithm
+from etprop.algorithms.rules import RuleConfig, resolve
 from etprop.errors import ArgumentError
 
 __all__ = ["compile"]
@@ -10,20 +14,53 @@ __all__ = ["compile"]
 
 def compile(model, algorithm, *example_inputs, batch_size: int | None = None, cross_shape: str = "error",
             **options) -> OnlineAlgorithm:
-    """Build ``algorithm(model, **options)`` and compile it on ``example_inputs``.
+    """Build the learner ``algorithm`` for ``model`` and compile it on ``example_inputs``.
 
     Args:
       model: brainstate module whose ``update(*inputs)`` advances one step.
-      algorithm: an algorithm class (``etprop.D_RTRL``, ``etprop.ES_D_RTRL``, ...).
+      algorithm: a learner class (``etprop.D_RTRL``, ``etprop.ES_D_RTRL``, ...), a rule name
+        (case-insensitive: ``'d_rtrl'``, ``'es_d_rtrl'``, braintrace's ``'pp_prop'``,
+        ``'esd_rtrl'``, ``'e_prop'``, ``'ostl_recurrent'``, ...; see
+        `etprop.algorithms.rules.rule_names`) or an `etprop.RuleConfig`.
       *example_inputs: inputs of one step (leading batch axis if ``batch_size``).
-      batch_size: batch size of the model's states and inputs, or None.
+      batch_size: batch size of the model's states and inputs, or None. As in braintrace,
+        the model's states are initialised for it (``brainstate.nn.init_all_states``) when
+        they are missing or lack that batch axis; states already of that batch size are kept.
       cross_shape: ``"error"`` (default) or ``"warn"``: what to do when hidden states of
         different shapes depend on each other outside an ETP operator (see
         `OnlineAlgorithm.cross_shape`).
       **options: algorithm options, e.g. ``decay_or_rank=0.9``.
+
+    Example::
+
+        learner = etprop.compile(model, "d_rtrl", x0, batch_size=16)
     """
-    if not (isinstance(algorithm, type) and issubclass(algorithm, OnlineAlgorithm)):
-        raise ArgumentError(f"algorithm must be an etprop algorithm class such as etprop.D_RTRL, got {algorithm!r}")
-    learner = algorithm(model, **options)
+    cls, _ = resolve(algorithm)  # validates the name or class first, with the list of valid ones
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise ArgumentError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    _ensure_states(model, batch_size)
+    if isinstance(algorithm, (str, RuleConfig)):
+        config = RuleConfig.of(algorithm) if isinstance(algorithm, str) else algorithm
+        learner = config.build(model, **options)
+    else:
+        learner = cls(model, **options)
     learner.cross_shape = cross_shape
     return learner.compile_graph(*example_inputs, batch_size=batch_size)
+
+
+def _ensure_states(model, batch_size) -> None:
+    """Initialise the model's states for ``batch_size`` where they are missing or unbatched
+    (braintrace's ``compile`` initialises them; its users' cells hold no batched state until
+    then). Hidden states that already lead with ``batch_size`` are left as they are."""
+    init = getattr(getattr(brainstate, "nn", None), "init_all_states", None)
+    if init is None or not hasattr(model, "states"):
+        return
+    hidden = [st.value for st in model.states(brainstate.HiddenState).values()]
+    if not hidden:
+        init(model) if batch_size is None else init(model, batch_size=batch_size)
+        return
+    if batch_size is None:
+        return
+    if any(np.shape(v)[:1] != (batch_size,) for v in hidden):
+        init(model, batch_size=batch_size)

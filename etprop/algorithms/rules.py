@@ -32,9 +32,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+from etprop.algorithms.base import OnlineAlgorithm
 from etprop.errors import ArgumentError, NotSupportedError
 
-__all__ = ["RuleConfig", "rule"]
+__all__ = ["RuleConfig", "rule", "canonical_name", "rule_names", "resolve"]
 
 AXES = {
     "trace": ("param", "io", "hybrid", "full", "sparse", "rank_one", "none"),
@@ -74,7 +75,35 @@ _NAMED = {
     "uoro": ("rank_one", "full", "model", "exact", "none"),
     "bptt": ("none", "full", "model", "exact", "none"),
 }
-_ALIASES = {"pp_prop": "es_d_rtrl", "e_prop": "eprop", "drtrl": "d_rtrl", "esd_rtrl": "es_d_rtrl"}
+# the one table of rule names: braintrace's names and etprop's (the command line's) are aliases of
+# the canonical ones above; compile(), RuleConfig.of, rule() and `etprop train --algo` read it
+_ALIASES = {"pp_prop": "es_d_rtrl", "esd_rtrl": "es_d_rtrl", "e_prop": "eprop", "drtrl": "d_rtrl",
+            "ostl": "ostl_recurrent", "ostl_ff": "ostl_feedforward", "param_dim_vjp": "d_rtrl",
+            "io_dim_vjp": "es_d_rtrl", "hybrid_dim_vjp": "hybrid"}
+# names a port may use that etprop does not implement, with what to do instead
+_UNSUPPORTED = {"dni": "synthetic gradients (braintrace's DNI) are not implemented in etprop; for an online "
+                       "gradient of the same cost use 'd_rtrl' or 'es_d_rtrl' (exact where the model is diagonal), "
+                       "or 'bptt' over windows"}
+
+
+def canonical_name(name) -> str:
+    """The canonical rule name of ``name`` (case-insensitive, '-' and '_' alike, aliases
+    resolved). Unknown names raise `ArgumentError` listing every valid one."""
+    if not isinstance(name, str):
+        raise ArgumentError(f"a rule name must be a str, got {name!r}")
+    key = name.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key in _UNSUPPORTED:
+        raise NotSupportedError(f"rule {name!r}: {_UNSUPPORTED[key]}")
+    if key not in _NAMED:
+        raise ArgumentError(f"unknown rule name {name!r}; known: {sorted(_NAMED)}, "
+                            f"aliases: {', '.join(f'{a}={c}' for a, c in sorted(_ALIASES.items()))}")
+    return key
+
+
+def rule_names(aliases: bool = True) -> tuple:
+    """Every rule name: the canonical ones, and (by default) their aliases."""
+    return tuple(sorted(_NAMED)) + (tuple(sorted(_ALIASES)) if aliases else ())
 
 
 def _legal() -> str:
@@ -119,11 +148,7 @@ class RuleConfig:
         """The named point: one of `names()` (case-insensitive; '-' and '_' alike)."""
         if not isinstance(name, str):
             raise ArgumentError(f"RuleConfig.of takes a rule name (str), got {name!r}")
-        key = name.lower().replace("-", "_")
-        key = _ALIASES.get(key, key)
-        if key not in _NAMED:
-            raise ArgumentError(f"unknown rule name {name!r}; known: {sorted(_NAMED)}")
-        return cls(*_NAMED[key])
+        return cls(*_NAMED[canonical_name(name)])
 
     @staticmethod
     def names() -> tuple:
@@ -175,3 +200,17 @@ def rule(config, model=None, *example_inputs, batch_size: int | None = None, **o
     if not isinstance(config, RuleConfig):
         raise ArgumentError(f"rule() takes a RuleConfig or a rule name such as 'eprop', got {config!r}")
     return config.build(model, *example_inputs, batch_size=batch_size, **options)
+
+
+def resolve(algorithm):
+    """``(learner class, fixed options)`` of a class, a rule name or a `RuleConfig`: what
+    `etprop.compile` accepts as its ``algorithm``."""
+    if isinstance(algorithm, type) and issubclass(algorithm, OnlineAlgorithm):
+        return algorithm, {}
+    if isinstance(algorithm, str):
+        return RuleConfig.of(algorithm).algorithm()
+    if isinstance(algorithm, RuleConfig):
+        return algorithm.algorithm()
+    raise ArgumentError(f"algorithm must be an etprop learner class (etprop.D_RTRL, ...), a rule name "
+                        f"({', '.join(rule_names(aliases=False))}, or an alias such as 'pp_prop') or a "
+                        f"RuleConfig; got {algorithm!r}")

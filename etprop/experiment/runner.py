@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import etprop
+from etprop.algorithms.rules import canonical_name, resolve, rule_names
 from etprop.errors import ArgumentError
 from etprop.experiment import plots
 from etprop.experiment.checkpoint import load_checkpoint, read_meta, save_checkpoint
@@ -37,18 +38,21 @@ from etprop.tasks import get_task
 
 __all__ = ["TrainConfig", "ALGOS", "train", "Run"]
 
-# --algo name -> learner class, and the options the command passes it (from the config)
-ALGOS = {"bptt": etprop.BPTT, "d_rtrl": etprop.D_RTRL, "es_d_rtrl": etprop.ES_D_RTRL,
-         "hybrid": etprop.HybridDimVjpAlgorithm, "eprop": etprop.EProp, "ostl": etprop.OSTLRecurrent,
-         "ostl_ff": etprop.OSTLFeedforward, "snap": etprop.SnAp, "uoro": etprop.UORO, "rtrl": etprop.RTRL}
+# --algo name -> learner class, from the one registry of rule names (etprop.algorithms.rules):
+# every canonical name and alias except three_factor, whose modulator the tasks do not give
+ALGOS = {name: resolve(name)[0] for name in rule_names() if canonical_name(name) != "three_factor"}
 
 
 def _algo_options(cfg) -> dict:
-    if cfg.algo == "eprop":
+    """The options the command passes the learner (from the config)."""
+    algo = canonical_name(cfg.algo)
+    if algo == "eprop":
         return {"feedback": "random", "seed": cfg.seed}
-    if cfg.algo == "uoro":
+    if algo == "uoro":
         return {"key": jax.random.key(cfg.seed + 2)}
     return {} if cfg.decay is None else {"decay_or_rank": cfg.decay}
+
+
 _FACTORISED = {"es_d_rtrl", "hybrid"}
 _METRIC_FIELDS = ["step", "loss", "accuracy", "grad_cos_bptt", "grad_cos_bptt_min", "wall_s"]
 
@@ -90,10 +94,10 @@ class TrainConfig:
             raise ArgumentError(f"--clip must be positive, got {self.clip!r}")
         if self.update not in ("sequence", "step"):
             raise ArgumentError(f"--update must be 'sequence' or 'step', got {self.update!r}")
-        if self.update == "step" and self.algo == "bptt":
+        if self.update == "step" and canonical_name(self.algo) == "bptt":
             raise ArgumentError("--update step needs an online algorithm: BPTT has no per-step gradient")
         if self.decay is not None:
-            if self.algo not in _FACTORISED:
+            if canonical_name(self.algo) not in _FACTORISED:
                 raise ArgumentError(f"--decay applies to es_d_rtrl and hybrid, not {self.algo}")
             if not 0.0 < self.decay < 1.0:
                 raise ArgumentError(f"--decay must be in (0, 1), got {self.decay!r}")
@@ -136,7 +140,7 @@ class Run:
         self.traces0 = self.learner.etrace.value
         seq = self.learner.sequence_fn(task.step_loss, return_out=True)
         self._bptt = None
-        if cfg.eval_every and cfg.algo != "bptt":
+        if cfg.eval_every and canonical_name(cfg.algo) != "bptt":
             # a second learner on the same model: BPTT's gradient of the same batch, for the cosine
             self._bptt = etprop.compile(self.model, etprop.BPTT, x0, batch_size=B)
         optimizer, carry = self.optimizer, cfg.carry_state
