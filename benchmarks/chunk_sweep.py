@@ -56,7 +56,7 @@ def sweep(hidden, T=192, B=16, I=100):
         floor, floor_args = trace_floor_fn([(I, H)], B, T, S=2)  # the test model's group has S = 2
         tb = _median_time(lambda: bptt.etrace_grad(xs, ys, mse)[0])
         tf = _median_time(lambda: floor(*floor_args))
-        per_chunk = {c: _median_time(lambda: drtrl.etrace_grad(xs, ys, mse, chunk_size=c)[0]) for c in CHUNKS}
+        per_chunk = {c: _median_time(lambda: drtrl.etrace_grad(xs, ys, mse, closed_form_chunk=c)[0]) for c in CHUNKS}
         rows.append({"hidden": H, "bptt_ms_step": tb / T * 1e3, "floor_ms_step": tf / T * 1e3,
                      "per_step_over_floor": per_chunk[1] / tf,
                      "chunk_over_bptt": {c: t / tb for c, t in per_chunk.items()}})

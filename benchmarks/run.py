@@ -279,7 +279,7 @@ def _etprop_fn(wl, algo, hidden, batch, xs, ys, chunk_size=None, jit=False, **op
     """``(f, args)``: the learner's public ``etrace_grad`` over the sequence (``jit``: under
     `brainstate.transform.jit`, for ``lower().compile()``, the wrapping braintrace's driver gets)."""
     learner = _etprop_learner(wl, algo, hidden, batch, xs, **opts)
-    kw = {} if algo is etprop.BPTT else {"chunk_size": chunk_size}
+    kw = {} if algo is etprop.BPTT else {"closed_form_chunk": chunk_size}
     f = lambda xs, ys: learner.etrace_grad(xs, ys, wl.step_loss, **kw)
     return (_brainstate_jit(f) if jit else f), (xs, ys)
 

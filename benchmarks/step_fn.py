@@ -55,10 +55,11 @@ def measure(hidden=256, batch=16, T=100, repeats=5, n_in=16, n_out=4):
         def reused(x, y, learner=learner):
             return jnp.mean(jax.vmap(mse)(learner(x), y))
 
-        rows[f"{name} step_fn reused"] = _time(lambda: learner.etrace_grad(xs, ys, step_fn=reused)[1], repeats)
+        rows[f"{name} step_fn reused"] = _time(
+            lambda: learner.etrace_grad(xs, ys, step_fn=reused, return_value=True)[1], repeats)
         rows[f"{name} step_fn fresh lambda"] = _time(
-            lambda: learner.etrace_grad(xs, ys, step_fn=lambda x, y: jnp.mean(jax.vmap(mse)(learner(x), y)))[1],
-            repeats)
+            lambda: learner.etrace_grad(xs, ys, step_fn=lambda x, y: jnp.mean(jax.vmap(mse)(learner(x), y)),
+                                        return_value=True)[1], repeats)
     return rows
 
 

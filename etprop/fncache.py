@@ -73,8 +73,8 @@ def split(fn: Callable) -> tuple[Any, list, Callable[[list], Callable]]:
     parts, arrays, plan = [], [], []
     for v in cells:
         if _is_array(v):
-            parts.append(("array", jax.tree.structure(v), tuple(np.shape(u.get_mantissa(v))),
-                          str(np.result_type(u.get_mantissa(v)))))
+            m = u.get_mantissa(v)
+            parts.append(("array", jax.tree.structure(v), tuple(np.shape(m)), str(m.dtype)))
             plan.append(("array", len(arrays)))
             arrays.append(v)
         elif isinstance(v, (types.FunctionType, types.MethodType)):

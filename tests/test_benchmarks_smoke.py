@@ -142,7 +142,7 @@ def test_chunk_option_reaches_the_learners(monkeypatch):
     orig = bench.etprop.OnlineAlgorithm.etrace_grad
 
     def spy(self, *a, **kw):
-        seen.setdefault(type(self).__name__, []).append(kw.get("chunk_size"))
+        seen.setdefault(type(self).__name__, []).append(kw.get("closed_form_chunk"))
         return orig(self, *a, **kw)
 
     monkeypatch.setattr(bench.etprop.OnlineAlgorithm, "etrace_grad", spy)

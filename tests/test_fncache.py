@@ -70,7 +70,7 @@ def test_a_fresh_lambda_per_call_compiles_once_and_sees_its_captured_array(form)
     def grads_with(scale):
         learner.reset()
         if form == "step_fn":
-            g, _ = learner.etrace_grad(xs, ys, step_fn=lambda x, y: jnp.mean((learner(x) - y) ** 2) * scale)
+            g = learner.etrace_grad(xs, ys, step_fn=lambda x, y: jnp.mean((learner(x) - y) ** 2) * scale)
         else:
             g, _ = learner.etrace_grad(xs, ys, lambda o, y: jnp.sum((o - y) ** 2) * scale)
         return g

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from etprop.errors import ArgumentError, NotSupportedError, NumericalError, OperandError
+from etprop.algorithms.sequence import REDUCTIONS, check_chunk_size, step_fn_evolve, step_fn_grad
 from etprop.fncache import LRUCache, split as split_fn
 from etprop.graph._jaxpr import bind_eqn
 from etprop.graph.compiler import ETraceGraph, Relation, compile_graph
@@ -503,99 +504,103 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self._check_finite("step", args, grads, losses)
         return jax.tree.map(lambda a: a[0], out), grads, losses[0]
 
-    def etrace_grad(self, xs=None, ys=None, step_loss: Callable | None = None, *sequences, mask=None,
-                    window: int = 1, chunk_size: int | None = None, return_losses=False,
-                    step_fn: Callable | None = None, reduction: str = "sum"):
+    def etrace_grad(self, *sequences, step_fn: Callable | None = None, mask=None, chunk_size: int | None = None,
+                    weights=None, reduction: str | None = None, loss_output: str = "per_step",
+                    has_aux: bool = False, return_value: bool = False, step_loss: Callable | None = None,
+                    window: int = 1, closed_form_chunk: int | None = None, return_losses: bool = False):
         """Scan a sequence, advancing traces, and accumulate online gradients.
 
-        Two calling conventions:
+        Two calling conventions (PORTING.md tabulates their keywords, defaults and returns):
 
-        * ``etrace_grad(xs, ys, step_loss)``: etprop runs the model; fastest (closed-form
-          chunks) and what the benchmarks time.
-        * ``etrace_grad(*sequences, step_fn=f)``, the braintrace convention: ``f(*slices)``
-          runs the model itself by calling the learner once and returns the step's loss;
-          gradients by `brainstate.transform.grad` through the learner call, summed over
-          steps (``reduction='sum'``) or divided by the total mask weight (``'mean'``).
+        * etprop's, ``etrace_grad(xs, ys, step_loss)``: etprop runs the model; fastest
+          (closed-form chunks). Returns ``(grads, loss)`` (``+ losses (T,)`` with
+          ``return_losses``), ``loss = sum_t mask_t mean_b step_loss`` (``reduction='sum'``, the
+          default, or ``'mean'`` over the mask weight) and ``grads`` its online gradient
+          keyed by dotted parameter name.
+        * braintrace's, ``etrace_grad(*sequences, step_fn=f)``: ``f(*slices)`` runs the model
+          by calling the learner once and returns the step's loss; every keyword keeps
+          braintrace's meaning (`etprop.algorithms.sequence`): ``reduction='mean'``,
+          ``chunk_size`` windows, ``weights``, ``loss_output``, ``has_aux``, ``return_value``;
+          gradients keyed as ``model.states(brainstate.ParamState)`` keys them.
 
-        Args:
+        Args (etprop's form):
           xs: inputs with time leading (an array, a tuple, or `MultiStepData`).
           ys: targets with time leading (any pytree), passed to ``step_loss`` per step.
           step_loss: ``step_loss(out, target) -> scalar`` for one sample.
           mask: optional ``(T,)`` weights of each step's loss.
           window: steps per window: exact reverse mode inside a window, traces across
             windows. ``1`` is the per-step online gradient; ``T`` is BPTT.
-          chunk_size: with ``window=1``, compute the per-step gradients ``chunk_size``
-            steps at a time in closed form (same result, matmul speed; memory grows
-            with the chunk). Default: 16 (chunk sweep in benchmarks/RESULTS.md).
-
-        Returns:
-          ``(grads, loss)`` with ``loss = sum_t mask_t mean_b step_loss`` and ``grads`` its
-          online gradient (``{param name: array}``); with ``return_losses`` also the
-          per-step losses.
+          chunk_size: braintrace's name for ``window`` (exact reverse mode over windows of
+            that many steps).
+          closed_form_chunk: with ``window=1``, compute the per-step gradients this many
+            steps at a time in closed form (same result, matmul speed; memory grows with the
+            chunk). Default: 16 (chunk sweep in benchmarks/RESULTS.md).
         """
         self._require_graph()
         if step_fn is not None:
-            seqs = tuple(a for a in (xs, ys, step_loss) if a is not None) + sequences
-            grads, losses = self._etrace_grad_step_fn(seqs, step_fn, mask, reduction)
-            return (grads, jnp.sum(losses), losses) if return_losses else (grads, jnp.sum(losses))
+            from_etprop = {"window": window != 1, "closed_form_chunk": closed_form_chunk is not None,
+                           "return_losses": return_losses, "step_loss": step_loss is not None}
+            if any(from_etprop.values()):
+                bad = [k for k, v in from_etprop.items() if v]
+                raise ArgumentError(f"etrace_grad(..., step_fn=...) is braintrace's convention; {bad} belong to "
+                                    f"etprop's etrace_grad(xs, ys, step_loss): use chunk_size= for windows and "
+                                    f"return_value=True for the losses")
+            return step_fn_grad(self, sequences, step_fn, mask=mask, chunk_size=chunk_size, weights=weights,
+                                reduction="mean" if reduction is None else reduction, loss_output=loss_output,
+                                has_aux=has_aux, return_value=return_value)
+        from_braintrace = {"weights": weights is not None, "has_aux": has_aux, "return_value": return_value,
+                           "loss_output": loss_output != "per_step"}
+        if any(from_braintrace.values()):
+            bad = [k for k, v in from_braintrace.items() if v]
+            raise ArgumentError(f"{bad} belong to braintrace's convention etrace_grad(*sequences, step_fn=f); "
+                                f"etprop's etrace_grad(xs, ys, step_loss) returns (grads, loss) "
+                                f"(return_losses=True adds the per-step losses)")
+        if len(sequences) > 3 or (step_loss is not None and len(sequences) > 2):
+            raise ArgumentError(f"etrace_grad(xs, ys, step_loss) takes at most three positional arguments, got "
+                                f"{len(sequences)}; for braintrace's convention pass step_fn=")
+        xs, ys, loss_pos = (tuple(sequences) + (None, None, None))[:3]
+        step_loss = step_loss if step_loss is not None else loss_pos
+        if xs is None:
+            raise ArgumentError("etrace_grad needs the inputs: etrace_grad(xs, ys, step_loss) or "
+                                "etrace_grad(*sequences, step_fn=f)")
+        if chunk_size is not None:
+            if window != 1:
+                raise ArgumentError("pass either window= or chunk_size= (braintrace's name for it), not both")
+            window = check_chunk_size(chunk_size) or 1
+        reduction = "sum" if reduction is None else reduction
+        if reduction not in REDUCTIONS:
+            raise ArgumentError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         args = _as_args(xs, multi=True)
         self._check_args(args, True)
-        grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, chunk_size=chunk_size)
+        grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, chunk_size=closed_form_chunk)
+        if reduction == "mean":
+            scale = 1.0 / jnp.maximum(jnp.sum(jnp.ones_like(losses) if mask is None else jnp.asarray(mask)), 1.0)
+            grads = jax.tree.map(lambda g: g * scale, grads)
+            losses = losses * scale
         self._check_finite("etrace_grad", args, grads, losses)
         total = jnp.sum(losses)
         return (grads, total, losses) if return_losses else (grads, total)
 
-    def _etrace_grad_step_fn(self, seqs, step_fn, mask, reduction):
-        if reduction not in ("sum", "mean"):
-            raise ArgumentError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        if not seqs:
-            raise ArgumentError("etrace_grad(*sequences, step_fn=...) needs at least one sequence")
-        lengths = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(seqs)}
-        if len(lengths) != 1 or None in lengths:
-            raise ArgumentError(f"all sequences need one leading time length, got {sorted(map(str, lengths))}")
-        T = lengths.pop()
-        mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
-        if mask.shape != (T,):
-            raise ArgumentError(f"mask must have shape ({T},), got {mask.shape}")
-        states = self.param_states()
-        # a fresh `lambda` per call with the same code shares one compiled driver; the arrays it
-        # captures are arguments, so a changed array gives the new result without a recompile
-        fkey, captured, rebuild = split_fn(step_fn)
-        key = ("step_fn", fkey)
-        fn = self._jit_cache.get(key)
-        if fn is None:
-            def run(seqs, mask, captured):
-                grad_fn = brainstate.transform.grad(rebuild(captured), grad_states=states, return_value=True)
-
-                def body(acc, inp):
-                    sl, m = inp
-                    g, loss = grad_fn(*sl)
-                    return jax.tree.map(lambda a, b: a + m * b, acc, g), m * _mantissa(loss)
-
-                zero = jax.tree.map(jnp.zeros_like, {k: s.value for k, s in states.items()})
-                return brainstate.transform.scan(body, zero, (seqs, mask))
-
-            fn = self._jit_cache[key] = brainstate.transform.jit(run)
-        grads, losses = fn(seqs, mask, captured)
-        if reduction == "mean":
-            scale = 1.0 / jnp.maximum(jnp.sum(mask), 1.0)
-            grads = jax.tree.map(lambda g: g * scale, grads)
-        self._check_finite("etrace_grad", seqs, grads, losses)
-        return grads, losses
-
-    def etrace_evolve(self, xs, *, chunk_size: int | None = None):
-        """Run a sequence without a loss (warm-up): hidden states and traces advance.
-        Returns the outputs, time leading."""
+    def etrace_evolve(self, *sequences, step_fn: Callable | None = None, chunk_size: int | None = None,
+                      return_outputs: bool = False):
+        """Run sequences without a loss (warm-up): hidden states and traces advance exactly as in
+        `etrace_grad`. braintrace's convention: ``step_fn=None`` calls the learner with the
+        slices (``chunk_size`` windows allowed); returns None, or with ``return_outputs`` the
+        stacked outputs (time leading; ``(T // chunk_size, chunk_size, ...)`` in windows)."""
         self._require_graph()
+        return step_fn_evolve(self, sequences, step_fn, chunk_size=chunk_size, return_outputs=return_outputs)
+
+    def _evolve(self, xs):
+        """Outputs of the model over ``xs`` (time leading), traces and states advanced."""
         args = _as_args(xs, multi=True)
         self._check_args(args, True)
-        _, _, out = self._run_sequence(args, None, None, None, window=1, chunk_size=chunk_size, return_out=True)
+        _, _, out = self._run_sequence(args, None, None, None, window=1, return_out=True)
         return out
 
     default_chunk = 16
 
     def sequence_fn(self, step_loss: Callable | None, *, window: int | None = None,
-                    chunk_size: int | None = None, return_out: bool = False) -> Callable:
+                    closed_form_chunk: int | None = None, return_out: bool = False) -> Callable:
         """The pure, jitted computation behind `etrace_grad`, for users who carry state themselves.
 
         Returns ``fn(params, hidden, others, traces, xs, ys, mask)`` with ``params`` a
@@ -612,7 +617,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
             window = self.default_window
         mode = "window"
         if window == 1 and self.default_chunk:
-            mode, window = "chunk", chunk_size or self.default_chunk
+            mode, window = "chunk", closed_form_chunk or self.default_chunk
         scan = self._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
 
         def fn(params, hidden, others, traces, xs, ys, mask):
@@ -626,9 +631,9 @@ class OnlineAlgorithm(brainstate.nn.Module):
         if not isinstance(window, int) or window < 1:
             raise ArgumentError(f"window must be a positive int, got {window!r}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ArgumentError(f"chunk_size must be a positive int, got {chunk_size!r}")
+            raise ArgumentError(f"closed_form_chunk must be a positive int, got {chunk_size!r}")
         if chunk_size is not None and chunk_size > 1 and window > 1:
-            raise ArgumentError("chunk_size applies to per-step gradients (window=1); a window is already "
+            raise ArgumentError("closed_form_chunk applies to per-step gradients (window=1); a window is already "
                                 "computed by exact reverse mode")
         mode = "chunk" if window == 1 and self.default_chunk else "window"
         if mode == "chunk":

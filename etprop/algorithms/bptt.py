@@ -56,10 +56,15 @@ class BPTT(OnlineAlgorithm):
     def step(self, inputs, target=None, loss_fn=None):
         raise NotSupportedError("BPTT has no per-step gradient; call etrace_grad(xs, ys, step_loss) on a sequence")
 
-    def etrace_grad(self, xs, ys=None, step_loss=None, *, mask=None, window=None, return_losses=False):
+    def etrace_grad(self, xs=None, ys=None, step_loss=None, *, mask=None, window=None, return_losses=False,
+                    reduction=None, step_fn=None, **braintrace_keywords):
         """Exact gradient of the sequence loss (``window`` defaults to the whole sequence)."""
+        if step_fn is not None or braintrace_keywords:
+            raise NotSupportedError("BPTT takes etprop's convention etrace_grad(xs, ys, step_loss): a step_fn that "
+                                    "calls the learner one step at a time would cut the gradient at every step")
         T = jax.tree.leaves(xs.data if hasattr(xs, "data") else xs)[0].shape[0]
-        return super().etrace_grad(xs, ys, step_loss, mask=mask, window=window or T, return_losses=return_losses)
+        return super().etrace_grad(xs, ys, step_loss, mask=mask, window=window or T, return_losses=return_losses,
+                                   reduction=reduction)
 
     def forward_step(self, params, hidden, others, args):
         """The plain model step for one sample (used for the forward-only floor)."""

@@ -244,7 +244,7 @@ class ThreeFactor(_TraceRules):
     # -- public API --------------------------------------------------------------------------------
 
     def etrace_grad(self, xs=None, ys=None, step_loss: Callable | None = None, *sequences, modulator=None,
-                    mask=None, window: int = 1, chunk_size: int | None = None, return_losses=False,
+                    mask=None, window: int = 1, closed_form_chunk: int | None = None, return_losses=False,
                     step_fn: Callable | None = None, reduction: str = "sum"):
         """Accumulate ``sum_t M^t . e^t`` over a sequence.
 

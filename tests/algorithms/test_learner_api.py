@@ -157,7 +157,7 @@ def test_chunked_closed_form_equals_per_step(x64, algo, B):
         if B is not None:
             _batched(m, B)
         learner = etprop.compile(m, algo, xs[0], batch_size=B)
-        g, l = learner.etrace_grad(xs, ys, mse, chunk_size=chunk)
+        g, l = learner.etrace_grad(xs, ys, mse, closed_form_chunk=chunk)
         tr = learner.etrace.value
         if ref is None:
             ref = (g, l, tr)
@@ -182,19 +182,46 @@ def test_nan_is_a_clear_error_not_a_number():
 
 
 def test_braintrace_calling_convention_step_fn(x64):
-    """etrace_grad(*sequences, step_fn=f) with f calling the learner: the port is an import change."""
-    xs, ys = _data(4, 2, T=7, B=3, scale=1.5)
+    """etrace_grad(*sequences, step_fn=f) with f calling the learner: braintrace's meanings --
+    gradients alone by default, keyed like model.states(ParamState), reduction='mean' over the
+    mask weight, return_value / loss_output / has_aux / chunk_size windows."""
+    xs, ys = _data(4, 2, T=8, B=3, scale=1.5)
     learner = etprop.compile(_batched(ALIF(4, 6, 2), 3), etprop.D_RTRL, xs[0], batch_size=3)
 
     def step_fn(x, y):
         return jnp.mean(jax.vmap(mse)(learner(x), y))
 
-    g_fn, l_fn = learner.etrace_grad(xs, ys, step_fn=step_fn)
+    g_fn = learner.etrace_grad(xs, ys, step_fn=step_fn, reduction="sum")
+    assert set(g_fn) == set(learner.model.states(bs.ParamState))  # path tuples, as braintrace keys them
     g_ref, l_ref, _ = _grads(lambda: ALIF(4, 6, 2), etprop.D_RTRL, xs, ys, 3)
-    assert np.isclose(l_fn, l_ref) and _rel_err(g_fn, g_ref) < 1e-10
-    mask = jnp.arange(7.0) % 2
+    named = {".".join(map(str, k)): v for k, v in g_fn.items()}
+    assert _rel_err(named, g_ref) < 1e-10
     learner.reset()
-    g_mean, _ = learner.etrace_grad(xs, ys, step_fn=step_fn, mask=mask, reduction="mean")
+    g_sum, losses = learner.etrace_grad(xs, ys, step_fn=step_fn, reduction="sum", return_value=True)
+    assert losses.shape == (8,) and np.isclose(float(jnp.sum(losses)), float(l_ref))
+    mask = jnp.arange(8.0) % 2
     learner.reset()
-    g_sum, _ = learner.etrace_grad(xs, ys, step_fn=step_fn, mask=mask)
-    assert _rel_err(g_mean, jax.tree.map(lambda g: g / 3.0, g_sum)) < 1e-12
+    g_mean, scalar = learner.etrace_grad(xs, ys, step_fn=step_fn, mask=mask, return_value=True,
+                                         loss_output="scalar")  # reduction='mean' is the default
+    learner.reset()
+    g_msum, masked = learner.etrace_grad(xs, ys, step_fn=step_fn, mask=mask, reduction="sum", return_value=True,
+                                         loss_output="masked")
+    assert _rel_err(g_mean, jax.tree.map(lambda g: g / 4.0, g_msum)) < 1e-12
+    np.testing.assert_allclose(float(scalar), float(jnp.sum(masked)) / 4.0, rtol=1e-12)
+    # has_aux: aux stacked over steps
+    learner.reset()
+    g_aux, aux = learner.etrace_grad(xs, ys, step_fn=lambda x, y: (step_fn(x, y), jnp.sum(x)), has_aux=True)
+    assert aux.shape == (8,)
+    # chunk_size=k: windows of k steps, exact reverse mode inside (etprop's window=k)
+    learner.reset()
+    g_win = learner.etrace_grad(xs, ys, reduction="sum", chunk_size=4, step_fn=lambda x, y: jnp.mean(
+        jax.vmap(jax.vmap(mse))(learner(etprop.MultiStepData(x)), y), axis=1))
+    learner.reset()
+    g_w4, _ = learner.etrace_grad(xs, ys, mse, window=4)
+    assert _rel_err({".".join(map(str, k)): v for k, v in g_win.items()}, g_w4) < 1e-10
+    with pytest.raises(etprop.ArgumentError, match="not a multiple of chunk_size 3"):
+        learner.etrace_grad(xs, ys, step_fn=step_fn, chunk_size=3)
+    with pytest.raises(etprop.ArgumentError, match="return_value=True"):
+        learner.etrace_grad(xs, ys, step_fn=step_fn, return_losses=True)
+    with pytest.raises(etprop.ArgumentError, match="belong to braintrace's convention"):
+        learner.etrace_grad(xs, ys, mse, return_value=True)

@@ -103,9 +103,10 @@ def test_batch_size_mismatch_is_a_clear_error():
         etprop.compile(m, etprop.D_RTRL, jnp.ones((3,)), batch_size=2)
 
 
-def test_algorithm_must_be_a_class():
-    with pytest.raises(etprop.ArgumentError, match="algorithm class"):
-        etprop.compile(ElementwiseRNN(3, 4, 2), "d_rtrl", jnp.ones(3))
+def test_algorithm_must_be_a_class_a_rule_name_or_a_config():
+    with pytest.raises(etprop.ArgumentError, match="learner class"):
+        etprop.compile(ElementwiseRNN(3, 4, 2), 3, jnp.ones(3))
+    assert isinstance(etprop.compile(ElementwiseRNN(3, 4, 2), "d_rtrl", jnp.ones(3)), etprop.D_RTRL)
 
 
 def test_learner_needs_compile_first():

@@ -1,0 +1,222 @@
+r"""braintrace's sequence drivers: ``etrace_grad(*sequences, step_fn=...)`` and ``etrace_evolve``.
+
+In this calling convention the user's step function runs the model itself, by calling the
+learner once per invocation, and returns that step's loss. Every keyword keeps braintrace's
+meaning, default and return shape (PORTING.md tabulates both conventions):
+
+=================  ===========================================================================
+keyword            meaning
+=================  ===========================================================================
+``*sequences``     pytrees with one leading length ``T``, sliced in lockstep and passed to
+                   ``step_fn`` positionally (no distinguished targets)
+``mask``           ``(T,)`` weights of the step losses (the model runs at every step)
+``chunk_size``     ``None``/``1``: step by step, ``step_fn`` gets ``seq[t]`` and returns a
+                   scalar; ``k >= 2``: windows, ``step_fn`` gets ``seq[t:t+k]`` (wrap model
+                   inputs in `MultiStepData`: exact reverse mode inside the window) and
+                   returns a ``(k,)`` vector; ``T % k == 0``
+``weights``        the ``{key: ParamState}`` to differentiate; default
+                   ``model.states(brainstate.ParamState)``, so gradients are keyed by state
+                   path as braintools optimisers and optax expect
+``reduction``      ``'mean'`` (default): divide by ``max(sum_t mask_t, 1)``; ``'sum'``
+``loss_output``    with ``return_value``: ``'per_step'`` raw losses ``(T,)``, ``'masked'``
+                   ``mask * losses``, ``'scalar'`` the reduced objective
+``has_aux``        ``step_fn`` returns ``(loss, aux)``; aux comes back stacked over steps
+``return_value``   also return the losses
+=================  ===========================================================================
+
+Returns, as `brainstate.transform.grad`: ``grads``, ``(grads, value)``, ``(grads, aux)`` or
+``(grads, value, aux)``. The objective is ``sum_t mask_t loss_t``, its gradient the learner's
+online one; ``reduction`` divides once at the end.
+
+The compiled driver is cached by what ``step_fn`` computes (`etprop.fncache`), so a fresh
+``lambda`` per call does not recompile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import brainstate
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from etprop.errors import ArgumentError
+from etprop.fncache import split as split_fn
+from etprop.input_data import MultiStepData, SingleStepData
+
+__all__ = ["REDUCTIONS", "LOSS_OUTPUTS", "check_chunk_size", "sequence_length", "to_windows",
+           "step_fn_grad", "step_fn_evolve"]
+
+REDUCTIONS = ("mean", "sum")
+LOSS_OUTPUTS = ("per_step", "masked", "scalar")
+
+
+def check_chunk_size(chunk_size) -> int | None:
+    """``None`` (step by step) or the window length ``k >= 2``; ``1`` is step by step."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        raise ArgumentError(f"chunk_size must be None or a Python int (it fixes the window length when the "
+                            f"driver is compiled), got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ArgumentError(f"chunk_size must be >= 1, got {chunk_size}")
+    return None if chunk_size == 1 else int(chunk_size)
+
+
+def sequence_length(sequences: tuple) -> int:
+    """The common leading length ``T`` of every leaf of ``sequences`` (checked)."""
+    if not sequences:
+        raise ArgumentError("etrace_grad(*sequences, step_fn=...) needs at least one sequence (time leading)")
+    for i, s in enumerate(sequences):
+        if isinstance(s, (SingleStepData, MultiStepData)):
+            raise ArgumentError(f"sequence {i} is a {type(s).__name__}; pass the arrays themselves and wrap the "
+                                f"model's inputs inside step_fn (e.g. learner(MultiStepData(x)))")
+    lengths = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(sequences)[0]:
+        shape = np.shape(leaf)
+        lengths.setdefault(shape[0] if shape else None, []).append(jax.tree_util.keystr(path))
+    if None in lengths:
+        raise ArgumentError(f"every sequence leaf needs a leading time axis; {lengths[None][0]} is a scalar")
+    if len(lengths) != 1:
+        desc = "; ".join(f"{n} at {paths[0]}" for n, paths in sorted(lengths.items()))
+        raise ArgumentError(f"all sequences need one leading time length, got {desc}")
+    T = next(iter(lengths))
+    if T == 0:
+        raise ArgumentError("the sequences have length 0: there is nothing to drive")
+    return T
+
+
+def to_windows(tree, n: int, k: int):
+    """Leading ``T = n k`` of every leaf reshaped to ``(n, k)``."""
+    return jax.tree.map(lambda a: jnp.reshape(a, (n, k) + tuple(np.shape(a)[1:])), tree)
+
+
+def _check_mask(mask, T: int) -> jax.Array:
+    mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
+    if mask.shape != (T,):
+        raise ArgumentError(f"mask must have shape ({T},) (one weight per step), got {mask.shape}")
+    return mask
+
+
+def _weights_key(weights) -> tuple:
+    try:
+        return tuple((k, id(st)) for k, st in weights.items())
+    except AttributeError:
+        raise ArgumentError(f"weights must be a dict of brainstate.ParamState (e.g. "
+                            f"model.states(brainstate.ParamState)), got {type(weights).__name__}") from None
+
+
+def step_fn_grad(learner, sequences: tuple, step_fn: Callable, *, mask=None, chunk_size=None, weights=None,
+                 reduction: str = "mean", loss_output: str = "per_step", has_aux: bool = False,
+                 return_value: bool = False):
+    """braintrace's ``etrace_grad``; see the module docstring."""
+    if not callable(step_fn):
+        raise ArgumentError(f"step_fn must be callable, got {step_fn!r}")
+    if reduction not in REDUCTIONS:
+        raise ArgumentError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if loss_output not in LOSS_OUTPUTS:
+        raise ArgumentError(f"loss_output must be one of {LOSS_OUTPUTS}, got {loss_output!r}")
+    k = check_chunk_size(chunk_size)
+    T = sequence_length(sequences)
+    if k is not None and T % k:
+        raise ArgumentError(f"the sequence length {T} is not a multiple of chunk_size {k}; trim the sequence to "
+                            f"{T - T % k} steps or pick a chunk_size that divides {T}")
+    mask = _check_mask(mask, T)
+    if weights is None:
+        weights = learner.model.states(brainstate.ParamState)
+    fkey, captured, rebuild = split_fn(step_fn)
+    key = ("braintrace_grad", fkey, k, bool(has_aux), _weights_key(weights))
+    fn = learner._jit_cache.get(key)
+    if fn is None:
+        fn = learner._jit_cache[key] = brainstate.transform.jit(_grad_driver(rebuild, weights, k, has_aux))
+    if k is not None:
+        xs = (to_windows(sequences, T // k, k), mask.reshape(T // k, k))
+    else:
+        xs = (sequences, mask)
+    total, (losses, aux) = fn(xs, captured)
+    if reduction == "mean":
+        denom = jnp.maximum(jnp.sum(mask), 1.0)
+        total = jax.tree.map(lambda g: g / denom, total)
+    learner._check_finite("etrace_grad", sequences, {_name(p): g for p, g in total.items()},
+                          jnp.reshape(losses, (T,)))
+    if not return_value:
+        return (total, aux) if has_aux else total
+    losses = jnp.reshape(losses, (T,))
+    if loss_output == "per_step":
+        value = losses
+    elif loss_output == "masked":
+        value = losses * mask
+    else:
+        value = jnp.sum(losses * mask)
+        if reduction == "mean":
+            value = value / jnp.maximum(jnp.sum(mask), 1.0)
+    return (total, value, aux) if has_aux else (total, value)
+
+
+def _name(path) -> str:
+    return ".".join(map(str, path)) if isinstance(path, tuple) else str(path)
+
+
+def _grad_driver(rebuild, weights, k, has_aux):
+    def run(xs, captured):
+        f = rebuild(captured)
+
+        def objective(slices, w):
+            result = f(*slices)
+            loss, aux = result if has_aux else (result, None)
+            want = (k,) if k is not None else ()
+            if jnp.shape(loss) != want:
+                if k is not None:
+                    raise ArgumentError(f"with chunk_size={k}, step_fn must return a ({k},) vector of per-step "
+                                        f"losses, got shape {jnp.shape(loss)}")
+                raise ArgumentError(f"step_fn must return a scalar loss (reduce over batch and features inside "
+                                    f"it), got shape {jnp.shape(loss)}")
+            return jnp.sum(w * loss), (loss, aux)
+
+        grad_fn = brainstate.transform.grad(objective, weights, has_aux=True)
+
+        def body(carry, xs_t):
+            slices, w = xs_t
+            grads, (loss, aux) = grad_fn(slices, w)
+            return jax.tree.map(jnp.add, carry, grads), (loss, aux)
+
+        init = jax.tree.map(jnp.zeros_like, {key: st.value for key, st in weights.items()})
+        return brainstate.transform.scan(body, init, xs)
+
+    return run
+
+
+def step_fn_evolve(learner, sequences: tuple, step_fn: Callable | None, *, chunk_size=None,
+                   return_outputs: bool = False):
+    """braintrace's ``etrace_evolve``: drive the model and the traces, no gradient. ``step_fn``
+    None calls the learner with the slices (wrapped in `MultiStepData` in window mode);
+    returns None, or the stacked outputs (leading ``T // chunk_size`` in window mode)."""
+    k = check_chunk_size(chunk_size)
+    T = sequence_length(sequences)
+    if k is not None and T % k:
+        raise ArgumentError(f"the sequence length {T} is not a multiple of chunk_size {k}; trim the sequence to "
+                            f"{T - T % k} steps or pick a chunk_size that divides {T}")
+    if step_fn is None:
+        # traces advance the same step by step or in windows: the fast sequence driver serves both
+        args = sequences if len(sequences) > 1 else sequences[0]
+        out = learner._evolve(args)
+        if not return_outputs:
+            return None
+        return out if k is None else to_windows(out, T // k, k)
+    fkey, captured, rebuild = split_fn(step_fn)
+    key = ("braintrace_evolve", fkey, k, bool(return_outputs))
+    fn = learner._jit_cache.get(key)
+    if fn is None:
+        def run(xs, captured):
+            f = rebuild(captured)
+
+            def body(*slices):
+                out = f(*slices)
+                return out if return_outputs else None
+
+            return brainstate.transform.for_loop(body, *xs)
+
+        fn = learner._jit_cache[key] = brainstate.transform.jit(run)
+    xs = to_windows(sequences, T // k, k) if k is not None else sequences
+    return fn(xs, captured)

@@ -1,0 +1,44 @@
+"""PORTING.md lists every public name of braintrace with a status that matches etprop."""
+
+import pathlib
+import re
+
+import pytest
+
+import etprop
+
+PORTING = (pathlib.Path(__file__).resolve().parent.parent / "PORTING.md").read_text(encoding="utf-8")
+
+
+def _table(heading):
+    section = PORTING.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([A-Za-z_][A-Za-z0-9_]*)` \| (same|differs|missing) \|", section, re.MULTILINE)
+    return dict(rows)
+
+
+TOP = _table("## braintrace top-level names")
+NN = _table("## braintrace.nn names")
+
+
+def test_tables_are_not_empty_and_have_no_duplicates():
+    assert len(TOP) >= 50 and len(NN) >= 20
+    for heading in ("## braintrace top-level names", "## braintrace.nn names"):
+        section = PORTING.split(heading, 1)[1].split("\n## ", 1)[0]
+        names = re.findall(r"^\| `([A-Za-z_][A-Za-z0-9_]*)` \|", section, re.MULTILINE)
+        assert len(names) == len(set(names)), heading
+
+
+@pytest.mark.parametrize("table,module", [("top", etprop), ("nn", etprop.nn)])
+def test_status_matches_what_etprop_has(table, module):
+    rows = TOP if table == "top" else NN
+    for name, status in rows.items():
+        present = hasattr(module, name)
+        assert present == (status != "missing"), (name, status)
+
+
+def test_every_braintrace_name_is_listed():
+    braintrace = pytest.importorskip("braintrace")  # in the test extra: CI installs it
+    public = {n for n in braintrace.__all__ if not n.startswith("__")}
+    assert public == set(TOP), (sorted(public - set(TOP)), sorted(set(TOP) - public))
+    assert set(braintrace.nn.__all__) == set(NN), (sorted(set(braintrace.nn.__all__) - set(NN)),
+                                                   sorted(set(NN) - set(braintrace.nn.__all__)))
