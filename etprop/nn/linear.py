@@ -60,8 +60,10 @@ from jax.experimental import sparse as jsparse
 
 import etprop
 from etprop.errors import ArgumentError
+from etprop.nn.compat import accepts_keywords
 
-__all__ = ["Linear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding", "GroupedLinear",
+__all__ = ["Linear", "SignedWLinear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding",
+           "GroupedLinear",
            "as_key", "init_array"]
 
 Init = Callable | jax.Array | np.ndarray | None
@@ -237,8 +239,46 @@ def _check_sign(sign, shape):
     return jnp.asarray(s)
 
 
+class SignedWLinear(brainstate.nn.Module):
+    r"""braintrace's sign-constrained layer: :math:`y = x\,(|W| \odot s)`, no bias.
+
+    Args:
+      in_size, out_size: ``I`` and ``O``.
+      w_init: initialiser of the raw weight ``W`` (default LeCun normal; see the module doc).
+      w_sign: ``s``, broadcastable to ``(I, O)`` (e.g. ``(I, 1)`` of +-1 for Dale's law);
+        None is all +1.
+
+    The trace and the gradient are with respect to the raw ``W`` (the transform runs inside
+    `etprop.matmul`), so an update never flips an effective weight's sign.
+    """
+
+    def __init__(self, in_size: int, out_size: int, w_init: Init = None, w_sign=None, *, key=None,
+                 name: str | None = None):
+        super().__init__(name=name)
+        self.in_features, self.out_features = _as_int(in_size, "in_size"), _as_int(out_size, "out_size")
+        self.in_size, self.out_size = (self.in_features,), (self.out_features,)
+        shape = (self.in_features, self.out_features)
+        self.weight = brainstate.ParamState(init_array(_lecun if w_init is None else w_init, as_key(key), shape,
+                                                       "weight"))
+        if w_sign is not None:
+            try:
+                np.broadcast_shapes(np.shape(w_sign), shape)
+            except ValueError:
+                raise ArgumentError(f"SignedWLinear: 'w_sign' has shape {np.shape(w_sign)}, which does not "
+                                    f"broadcast to the weight's {shape}") from None
+        self.w_sign = None if w_sign is None else jnp.asarray(w_sign)
+
+    def _signed(self, w):
+        return u.math.abs(w) if self.w_sign is None else u.math.abs(w) * self.w_sign
+
+    def update(self, x):
+        """``x`` ``(I,)`` or ``(B, I)`` -> ``(O,)`` / ``(B, O)``."""
+        return etprop.matmul(x, self.weight.value, weight_fn=self._signed)
+
+
 # -- SparseLinear ----------------------------------------------------------------------------------
 
+@accepts_keywords({"spar_mat": "sparse_mat"})
 class SparseLinear(brainstate.nn.Module):
     r"""Sparse layer :math:`y = x\,S(w) + b` through `etprop.sparse_matmul`.
 
@@ -309,6 +349,7 @@ class SparseLinear(brainstate.nn.Module):
 
 # -- LoRA ------------------------------------------------------------------------------------------
 
+@accepts_keywords({"in_features": "in_size", "out_features": "out_size", "lora_rank": "rank"})
 class LoRA(brainstate.nn.Module):
     r"""Low-rank layer :math:`y = \alpha\, x\, B A + b` through `etprop.lora_matmul`.
 
@@ -444,6 +485,7 @@ class Conv3d(_ConvNd):
 
 # -- Embedding -------------------------------------------------------------------------------------
 
+@accepts_keywords({"embedding_size": "features", "embedding_init": "w_init"})
 class Embedding(brainstate.nn.Module):
     r"""Trainable lookup table :math:`y = W[\text{index}]` through `etprop.embedding`.
 
@@ -478,6 +520,7 @@ class Embedding(brainstate.nn.Module):
 
 # -- GroupedLinear ---------------------------------------------------------------------------------
 
+@accepts_keywords({"in_features": "in_size", "out_features": "out_size"})
 class GroupedLinear(brainstate.nn.Module):
     r"""``G`` independent dense layers (a block-diagonal weight) through `etprop.grouped_matmul`.
 

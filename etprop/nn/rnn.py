@@ -56,6 +56,7 @@ import jax.numpy as jnp
 
 import etprop
 from etprop.errors import ArgumentError
+from etprop.nn.compat import accepts_keywords
 from etprop.nn.linear import Init, Linear, _as_int, _keys, default_float, init_array
 
 __all__ = ["RNNCell", "VanillaRNNCell", "GRUCell", "MGUCell", "LSTMCell", "MinimalRNNCell", "MiniGRU",
@@ -80,6 +81,9 @@ class RNNCell(brainstate.nn.Module):
     """Base of the cells: sizes and zero-initialised hidden states named in ``state_names``."""
 
     state_names: tuple[str, ...] = ("h",)
+    #: initialiser of the hidden states (braintrace's ``state_init=``): None for zeros, else an
+    #: array / quantity / braintools or jax initialiser of shape ``(state_size,)``
+    state_init = None
 
     def __init__(self, num_in: int, num_out: int, state_size: int | None = None, name: str | None = None):
         super().__init__(name=name)
@@ -91,7 +95,10 @@ class RNNCell(brainstate.nn.Module):
 
     def _zeros(self, batch_size):
         shape = (self.state_size,) if batch_size is None else (int(batch_size), self.state_size)
-        return jnp.zeros(shape, default_float())
+        if self.state_init is None:
+            return jnp.zeros(shape, default_float())
+        one = init_array(self.state_init, None, (self.state_size,), "state_init")
+        return jnp.broadcast_to(one, shape)
 
     def init_state(self, batch_size: int | None = None, **kwargs):
         """Create the hidden states, zeros of shape ``(n,)`` or ``(batch_size, n)``."""
@@ -115,6 +122,7 @@ def _cat(x, h):
     return jnp.concatenate([x, h], axis=-1)
 
 
+@accepts_keywords({"in_size": "num_in", "out_size": "num_out"}, state_init=True)
 class VanillaRNNCell(RNNCell):
     r"""Elman RNN cell.
 
@@ -146,6 +154,7 @@ class VanillaRNNCell(RNNCell):
         return self.h.value
 
 
+@accepts_keywords({"in_size": "num_in", "out_size": "num_out"}, state_init=True)
 class GRUCell(RNNCell):
     r"""Gated recurrent unit (Cho et al. 2014).
 
@@ -184,6 +193,7 @@ class GRUCell(RNNCell):
         return self.h.value
 
 
+@accepts_keywords({"in_size": "num_in", "out_size": "num_out"}, state_init=True)
 class MGUCell(RNNCell):
     r"""Minimal gated unit (Zhou et al. 2016): a GRU whose forget gate also resets.
 
@@ -217,6 +227,7 @@ class MGUCell(RNNCell):
         return self.h.value
 
 
+@accepts_keywords({"in_size": "num_in", "out_size": "num_out"}, state_init=True)
 class LSTMCell(RNNCell):
     r"""Long short-term memory cell (Hochreiter & Schmidhuber 1997, with forget gate).
 
@@ -263,6 +274,7 @@ class LSTMCell(RNNCell):
         return self.h.value
 
 
+@accepts_keywords({"in_size": "num_in", "out_size": "num_out", "phi": "activation"}, state_init=True)
 class MinimalRNNCell(RNNCell):
     r"""MinimalRNN (Chen 2017): the input is mapped to a latent once; a gate mixes it in.
 
@@ -298,6 +310,7 @@ class MinimalRNNCell(RNNCell):
         return self.h.value
 
 
+@accepts_keywords({"in_size": "num_in", "out_size": "num_out"}, state_init=True)
 class MiniGRU(RNNCell):
     r"""minGRU (Feng et al. 2024, "Were RNNs all we needed?"): gates from the input only.
 
@@ -339,6 +352,7 @@ def _lru_modulus(nu_log):
     return jnp.exp(-jnp.exp(nu_log))
 
 
+@accepts_keywords({"d_model": "num_in", "d_hidden": "num_hidden"})
 class LRUCell(RNNCell):
     r"""Linear recurrent unit (Orvieto et al. 2023), with the complex state as two real ones.
 
