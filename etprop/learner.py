@@ -12,8 +12,8 @@ from etprop.errors import ArgumentError
 __all__ = ["compile"]
 
 
-def compile(model, algorithm, *example_inputs, batch_size: int | None = None, cross_shape: str = "error",
-            **options) -> OnlineAlgorithm:
+def compile(model, algorithm, *example_inputs, batch_size: int | None = None, seed: int | None = None,
+            verbose: int = 0, vmap: bool = False, cross_shape: str = "error", **options) -> OnlineAlgorithm:
     """Build the learner ``algorithm`` for ``model`` and compile it on ``example_inputs``.
 
     Args:
@@ -26,6 +26,13 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, cr
       batch_size: batch size of the model's states and inputs, or None. As in braintrace,
         the model's states are initialised for it (``brainstate.nn.init_all_states``) when
         they are missing or lack that batch axis; states already of that batch size are kept.
+      seed: braintrace's: the model's states are (re)initialised inside
+        ``brainstate.random.seed_context(seed)``; a learner that draws random numbers
+        (UORO's ``key``, e-prop's ``seed``) gets it too unless given.
+      verbose: ``0`` silent, ``1`` or ``2`` print `learner.report()` after compiling.
+      vmap: braintrace's vmapped mode (an unbatched model mapped over the batch). etprop always
+        traces one sample and maps over the batch itself, so this is the ``batch_size`` mode;
+        it needs ``batch_size``.
       cross_shape: ``"error"`` (default) or ``"warn"``: what to do when hidden states of
         different shapes depend on each other outside an ETP operator (see
         `OnlineAlgorithm.cross_shape`).
@@ -39,17 +46,36 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, cr
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                                    or batch_size < 1):
         raise ArgumentError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    _ensure_states(model, batch_size)
+    if verbose not in (0, 1, 2):
+        raise ArgumentError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if vmap and batch_size is None:
+        raise ArgumentError("vmap=True needs batch_size= (the size of the example inputs' leading axis)")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ArgumentError(f"seed must be an int or None, got {seed!r}")
+        with brainstate.random.seed_context(int(seed)):
+            _ensure_states(model, batch_size, force=True)
+        for key in _SEEDED.get(cls.__name__, ()):
+            options.setdefault(key, int(seed))
+    else:
+        _ensure_states(model, batch_size)
     if isinstance(algorithm, (str, RuleConfig)):
         config = RuleConfig.of(algorithm) if isinstance(algorithm, str) else algorithm
         learner = config.build(model, **options)
     else:
         learner = cls(model, **options)
     learner.cross_shape = cross_shape
-    return learner.compile_graph(*example_inputs, batch_size=batch_size)
+    learner.compile_graph(*example_inputs, batch_size=batch_size)
+    if verbose:
+        print(learner.report())
+    return learner
 
 
-def _ensure_states(model, batch_size) -> None:
+# learners that draw random numbers: the option that takes compile's seed
+_SEEDED = {"UORO": ("key",), "EProp": ("seed",)}
+
+
+def _ensure_states(model, batch_size, force: bool = False) -> None:
     """Initialise the model's states for ``batch_size`` where they are missing or unbatched
     (braintrace's ``compile`` initialises them; its users' cells hold no batched state until
     then). Hidden states that already lead with ``batch_size`` are left as they are."""
@@ -57,7 +83,7 @@ def _ensure_states(model, batch_size) -> None:
     if init is None or not hasattr(model, "states"):
         return
     hidden = [st.value for st in model.states(brainstate.HiddenState).values()]
-    if not hidden:
+    if not hidden or force:
         init(model) if batch_size is None else init(model, batch_size=batch_size)
         return
     if batch_size is None:

@@ -102,3 +102,27 @@ def test_compile_initialises_brainpy_state_models():
         learner = etprop.compile(net, "D_RTRL", jnp.zeros((2, 3)), batch_size=2)
         assert net.neu.V.value.shape == (2, 4)
         assert [r.leaf_name for r in learner.graph.relations] == ["w"]
+
+
+def test_seed_verbose_and_vmap_as_braintrace(capsys):
+    import braintools
+
+    class Noisy(Cell):
+        def init_state(self, batch_size=None, **kwargs):
+            self.h = brainstate.HiddenState(braintools.init.param(braintools.init.Normal(0.0, 1.0), (self.n,),
+                                                                  batch_size))
+
+    a, b = Noisy(), Noisy()
+    etprop.compile(a, "d_rtrl", jnp.zeros((2, 3)), batch_size=2, seed=7, verbose=1)
+    assert "D_RTRL on Noisy" in capsys.readouterr().out
+    etprop.compile(b, "d_rtrl", jnp.zeros((2, 3)), batch_size=2, seed=7, vmap=True)
+    np.testing.assert_array_equal(a.h.value, b.h.value)  # seeded state initialisation
+    u1 = etprop.compile(Cell(), "uoro", jnp.zeros(3), seed=5)  # the seed reaches UORO's key
+    u2 = etprop.compile(Cell(), "uoro", jnp.zeros(3), key=5)
+    xs, ys = jnp.ones((4, 3)), jnp.zeros((4, 4))
+    loss = lambda o, y: jnp.sum((o - y) ** 2)
+    np.testing.assert_array_equal(u1.etrace_grad(xs, ys, loss)[0]["w"], u2.etrace_grad(xs, ys, loss)[0]["w"])
+    with pytest.raises(etprop.ArgumentError, match="vmap=True needs batch_size"):
+        etprop.compile(Cell(), "d_rtrl", jnp.zeros((2, 3)), vmap=True)
+    with pytest.raises(etprop.ArgumentError, match="verbose must be 0, 1 or 2"):
+        etprop.compile(Cell(), "d_rtrl", jnp.zeros(3), verbose=3)
