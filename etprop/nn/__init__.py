@@ -2,7 +2,8 @@
 
 from etprop.nn.linear import (Conv1d, Conv2d, Conv3d, Embedding, GroupedLinear, Linear, LoRA, SignedWLinear,
                               SparseLinear)
-from etprop.nn.rnn import GRUCell, LRUCell, LSTMCell, MGUCell, MiniGRU, MinimalRNNCell, RNNCell, VanillaRNNCell
+from etprop.nn.rnn import (CFNCell, GRUCell, LRUCell, LSTMCell, MGUCell, MiniGRU, MiniLSTM, MinimalRNNCell, RNNCell,
+                           URLSTMCell, VanillaRNNCell)
 from etprop.nn import surrogate
 from etprop.nn.compat import ALIASES
 from etprop.nn.neurons import ALIF, GIF, IF, LIF
@@ -12,7 +13,8 @@ from etprop.nn.synapses import Alpha, DualExpon, Expon
 
 __all__ = [
     "Linear", "SignedWLinear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding", "GroupedLinear",
-    "RNNCell", "VanillaRNNCell", "GRUCell", "MGUCell", "LSTMCell", "MinimalRNNCell", "MiniGRU", "LRUCell",
+    "RNNCell", "VanillaRNNCell", "GRUCell", "MGUCell", "LSTMCell", "MinimalRNNCell", "MiniGRU", "MiniLSTM", "CFNCell",
+    "URLSTMCell", "LRUCell",
     "IF", "LIF", "ALIF", "GIF", "Expon", "Alpha", "DualExpon", "LeakyRateReadout", "LeakySpikeReadout",
     "SpikingRecurrentLayer", "surrogate",
 ]

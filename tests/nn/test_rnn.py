@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import etprop
-from etprop.nn import GRUCell, Linear, LRUCell, LSTMCell, MGUCell, MiniGRU, MinimalRNNCell, VanillaRNNCell
+from etprop.nn import (CFNCell, GRUCell, Linear, LRUCell, LSTMCell, MGUCell, MiniGRU, MiniLSTM, MinimalRNNCell,
+                       URLSTMCell, VanillaRNNCell)
 
 N_IN, N_HID, N_OUT = 3, 8, 2
 
@@ -18,9 +19,12 @@ CELLS = {
     "lstm": lambda: LSTMCell(N_IN, N_HID, key=0),
     "minimal": lambda: MinimalRNNCell(N_IN, N_HID, key=0),
     "minigru": lambda: MiniGRU(N_IN, N_HID, key=0),
+    "minilstm": lambda: MiniLSTM(N_IN, N_HID, key=0),
+    "cfn": lambda: CFNCell(N_IN, N_HID, key=0),
+    "urlstm": lambda: URLSTMCell(N_IN, N_HID, key=0),
     "lru": lambda: LRUCell(N_IN, N_HID, key=0, r_min=0.5),   # output size N_IN (skip D)
 }
-STATES = {"lstm": ("h", "c"), "lru": ("h_re", "h_im")}
+STATES = {"lstm": ("h", "c"), "urlstm": ("h", "c"), "lru": ("h_re", "h_im")}
 
 
 class Net(bs.nn.Module):
@@ -70,6 +74,19 @@ def _ref_step(name, c, x, s):
     if name == "minigru":
         z = _sig(_lin(c.Wz, x))
         return {"h": (1 - z) * s["h"] + z * _lin(c.Wh, x)}
+    if name == "minilstm":
+        xh = cat(x, s["h"])
+        return {"h": _sig(_lin(c.Wf, xh)) * s["h"] + _sig(_lin(c.Wi, xh)) * _lin(c.Wx, x)}
+    if name == "cfn":
+        xh = cat(x, s["h"])
+        return {"h": _sig(_lin(c.Wf, xh)) * jnp.tanh(s["h"]) + _sig(_lin(c.Wi, xh)) * jnp.tanh(_lin(c.Wh, x))}
+    if name == "urlstm":
+        xh = cat(x, s["h"])
+        b = c.forget_bias.value
+        f, r = _sig(xh @ c.Wf.weight.value + b), _sig(xh @ c.Wr.weight.value - b)
+        g = 2 * r * f + (1 - 2 * r) * f ** 2
+        cc = g * s["c"] + (1 - g) * jnp.tanh(xh @ c.Wu.weight.value)
+        return {"c": cc, "h": _sig(xh @ c.Wo.weight.value) * jnp.tanh(cc)}
     raise KeyError(name)
 
 
@@ -158,6 +175,10 @@ PROFILE = {
     "lstm": ([("cell.h", "cell.c")], _w("Wi", "Wf", "Wg", "Wo"), _RO),
     "minimal": ([("cell.h",)], _w("Wx", "Wu"), _RO),
     "minigru": ([("cell.h",)], _w("Wz", "Wh"), _RO),
+    "minilstm": ([("cell.h",)], _w("Wf", "Wi", "Wx"), _RO),
+    "cfn": ([("cell.h",)], _w("Wf", "Wi", "Wh"), _RO),
+    "urlstm": ([("cell.h", "cell.c")], {f"cell.{l}.weight" for l in ("Wf", "Wr", "Wu", "Wo")} | {"cell.forget_bias"},
+               _RO),
     "lru": ([("cell.h_re", "cell.h_im")],
             {"cell.nu_log", "cell.theta_log", "cell.gamma_log", "cell.B_re", "cell.B_im"},
             {"cell.C_re", "cell.C_im", "cell.D"} | _RO),
@@ -214,10 +235,14 @@ EXACT = {"minigru", "lru"}   # hidden Jacobian diagonal per unit: D-RTRL == BPTT
 #   minimal   0.99653   0.95621
 #   minigru   exact     0.97349
 #   lru       exact     0.99585
+#   minilstm  0.99399   0.97035
+#   cfn       0.99936   0.98333
+#   urlstm    0.99786   0.98662
 # Floors a little below:
 FLOOR = {
     "vanilla": (0.97, 0.95), "gru": (0.99, 0.97), "mgu": (0.98, 0.95), "lstm": (0.98, 0.93),
     "minimal": (0.99, 0.94), "minigru": (None, 0.96), "lru": (None, 0.99),
+    "minilstm": (0.985, 0.96), "cfn": (0.99, 0.975), "urlstm": (0.99, 0.975),
 }
 
 
