@@ -30,6 +30,8 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
         ``brainstate.random.seed_context(seed)``; a learner that draws random numbers
         (UORO's ``key``, e-prop's ``seed``) gets it too unless given.
       verbose: ``0`` silent, ``1`` or ``2`` print `learner.report()` after compiling.
+      vjp_method: braintrace's ``'single-step'`` / ``'multi-step'``; accepted and not needed
+        (every etprop learner takes windows).
       vmap: braintrace's vmapped mode (an unbatched model mapped over the batch). etprop always
         traces one sample and maps over the batch itself, so this is the ``batch_size`` mode;
         it needs ``batch_size``.
@@ -43,6 +45,11 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
         learner = etprop.compile(model, "d_rtrl", x0, batch_size=16)
     """
     cls, _ = resolve(algorithm)  # validates the name or class first, with the list of valid ones
+    # braintrace's vjp_method chooses whether windows (chunk_size >= 2) are allowed; etprop's
+    # learners always allow them, so both values mean the same here
+    vjp_method = options.pop("vjp_method", None)
+    if vjp_method not in (None, "single-step", "multi-step"):
+        raise ArgumentError(f"vjp_method must be 'single-step' or 'multi-step' (braintrace's), got {vjp_method!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                                    or batch_size < 1):
         raise ArgumentError(f"batch_size must be a positive int or None, got {batch_size!r}")

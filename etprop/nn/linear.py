@@ -59,8 +59,9 @@ import numpy as np
 from jax.experimental import sparse as jsparse
 
 import etprop
-from etprop.errors import ArgumentError
+from etprop.errors import ArgumentError, OperandError
 from etprop.nn.compat import accepts_keywords
+from etprop.operators.sparse import as_bcoo
 
 __all__ = ["Linear", "SignedWLinear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding",
            "GroupedLinear",
@@ -306,8 +307,11 @@ class SparseLinear(brainstate.nn.Module):
     def __init__(self, sparse_mat, bias: bool = True, *, w_init: Init = None, b_init: Init = None, key=None,
                  name: str | None = None):
         super().__init__(name=name)
-        if isinstance(sparse_mat, jsparse.BCSR):
-            sparse_mat = sparse_mat.to_bcoo()
+        if not isinstance(sparse_mat, (tuple, list)):  # a matrix: BCOO/BCSR, brainevent or brainunit CSR/...
+            try:
+                sparse_mat = as_bcoo(sparse_mat)
+            except OperandError as err:
+                raise ArgumentError(f"SparseLinear: {err} (or a pair (indices, shape))") from None
         if isinstance(sparse_mat, jsparse.BCOO):
             data = sparse_mat.data
             indices, shape = sparse_mat.indices, tuple(sparse_mat.shape)
@@ -374,9 +378,19 @@ class LoRA(brainstate.nn.Module):
     rank bottleneck, so ``B`` gets the factorised trace under every algorithm.
     """
 
-    def __init__(self, in_size: int, out_size: int, rank: int, alpha: float = 1.0, bias: bool = False, *,
-                 b_init: Init = None, a_init: Init = None, bias_init: Init = None, key=None,
-                 name: str | None = None):
+    def __init__(self, in_size: int, out_size: int, *more, rank: int | None = None, alpha: float = 1.0,
+                 bias: bool = False, b_init: Init = None, a_init: Init = None, bias_init: Init = None, key=None,
+                 name: str | None = None, base_module=None):
+        if more:  # braintrace's positional order is (in_features, lora_rank, out_features): refuse to guess
+            raise ArgumentError(f"LoRA takes two positional sizes, LoRA(in_size, out_size, rank=...); got "
+                                f"{(in_size, out_size) + more}. braintrace's positional order is (in_features, "
+                                f"lora_rank, out_features): pass the sizes by keyword (in_features=, out_features=, "
+                                f"lora_rank= are accepted)")
+        if rank is None:
+            raise ArgumentError("LoRA needs rank= (braintrace's lora_rank=)")
+        if base_module is not None:
+            raise ArgumentError("LoRA(base_module=...) is not supported: add the frozen base's output yourself, "
+                                "e.g. base(x) + lora(x) with the base's weights outside ETP operators")
         super().__init__(name=name)
         self.in_features = _as_int(in_size, "in_size")
         self.out_features = _as_int(out_size, "out_size")
@@ -407,14 +421,23 @@ def _ntuple(v, n: int, name: str) -> tuple[int, ...]:
     return tuple(int(i) for i in v)
 
 
+@accepts_keywords({"in_size": "in_channels"})
 class _ConvNd(brainstate.nn.Module):
     num_spatial = 0
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding="SAME",
                  dilation=1, groups: int = 1, bias: bool = True, *, w_init: Init = None, b_init: Init = None,
-                 key=None, name: str | None = None):
+                 key=None, name: str | None = None, channel_first: bool = False):
         super().__init__(name=name)
         n = self.num_spatial
+        if channel_first:
+            raise ArgumentError(f"{type(self).__name__}: channel_first=True is not supported; etprop's convolutions "
+                                f"are channels last, (..., *spatial, channels)")
+        if isinstance(in_channels, (tuple, list)):  # braintrace's in_size: the input shape, channels last
+            if len(in_channels) not in (1, n + 1):
+                raise ArgumentError(f"{type(self).__name__}: in_size {tuple(in_channels)} must be (channels,) or "
+                                    f"({', '.join(['length'] * n)}, channels)")
+            in_channels = in_channels[-1]
         self.in_channels = _as_int(in_channels, "in_channels")
         self.out_channels = _as_int(out_channels, "out_channels")
         self.groups = _as_int(groups, "groups")

@@ -15,15 +15,17 @@ parameter gradients over a batch.
 
 from __future__ import annotations
 
+import brainunit as u
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import sparse as jsparse
 
 from etprop.errors import OperandError
 from etprop.operators import _checks as C
 from etprop.primitive import ETPPrimitive, register_primitive
 
-__all__ = ["sparse_matmul"]
+__all__ = ["sparse_matmul", "as_bcoo"]
 
 
 def _forward(x, params, aux, *, shape):
@@ -56,12 +58,42 @@ SPARSE_MATMUL = register_primitive(ETPPrimitive(
 ))
 
 
-def _as_bcoo(sparse_mat) -> jsparse.BCOO:
+def _compressed_to_coo(mat, kind: str) -> jsparse.BCOO:
+    """A CSR / CSC structure (brainevent's or brainunit's: ``indices``, ``indptr``, ``shape``) as a
+    BCOO with the stored values in the same order, so ``weight`` keeps meaning ``mat.data``."""
+    indptr = np.asarray(mat.indptr)
+    inner = np.asarray(mat.indices)
+    outer = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    rows, cols = (outer, inner) if kind == "CSR" else (inner, outer)
+    idx = jnp.asarray(np.stack([rows, cols], axis=1).astype(np.int32))
+    return jsparse.BCOO((jnp.asarray(u.get_mantissa(mat.data)), idx), shape=tuple(mat.shape))
+
+
+def _foreign_structure(mat):
+    """brainevent ``CSR``/``CSC`` and brainunit ``CSR``/``CSC``/``COO`` (what braintrace users pass),
+    read through their public ``indices``/``indptr``/``row``/``col`` fields; None for anything else."""
+    module = type(mat).__module__.split(".")[0]
+    kind = type(mat).__name__
+    if module not in ("brainevent", "brainunit", "saiunit") or kind not in ("CSR", "CSC", "COO"):
+        return None
+    if kind == "COO":
+        idx = jnp.stack([jnp.asarray(mat.row), jnp.asarray(mat.col)], axis=1).astype(jnp.int32)
+        return jsparse.BCOO((jnp.asarray(u.get_mantissa(mat.data)), idx), shape=tuple(mat.shape))
+    return _compressed_to_coo(mat, kind)
+
+
+def as_bcoo(sparse_mat) -> jsparse.BCOO:
+    """The structure as a plain 2-D BCOO (its stored values in the order of the input's), or
+    `OperandError` naming what is accepted."""
     if isinstance(sparse_mat, jsparse.BCSR):
         sparse_mat = sparse_mat.to_bcoo()
+    foreign = _foreign_structure(sparse_mat)
+    if foreign is not None:
+        sparse_mat = foreign
     if not isinstance(sparse_mat, jsparse.BCOO):
-        raise OperandError("sparse_matmul: 'sparse_mat' must be a jax.experimental.sparse BCOO or BCSR "
-                           f"matrix giving the structure, got {type(sparse_mat).__name__}")
+        raise OperandError("sparse_matmul: 'sparse_mat' must give the structure as a jax.experimental.sparse "
+                           "BCOO/BCSR, a brainevent CSR/CSC or a brainunit CSR/CSC/COO matrix, got "
+                           f"{type(sparse_mat).__name__}")
     if sparse_mat.ndim != 2 or sparse_mat.n_batch or sparse_mat.n_dense:
         raise OperandError(f"sparse_matmul: 'sparse_mat' must be a plain 2-D (in, out) BCOO, got shape "
                            f"{sparse_mat.shape} with n_batch={sparse_mat.n_batch}, n_dense={sparse_mat.n_dense}")
@@ -75,12 +107,14 @@ def sparse_matmul(x, weight, *, sparse_mat, bias=None, weight_fn=None, bias_fn=N
       x: ``(I,)`` or ``(B, I)``.
       weight: ``(nse,)`` trainable stored values, in the order of ``sparse_mat.indices``
         (initialise with ``sparse_mat.data``).
-      sparse_mat: BCOO/BCSR of shape ``(I, O)``: only its structure is used.
+      sparse_mat: the ``(I, O)`` structure (only the structure is used): a BCOO/BCSR, or what
+        braintrace users pass, a brainevent CSR/CSC or a brainunit CSR/CSC/COO; ``weight``
+        follows the order of its stored values (``sparse_mat.data``).
       bias: optional ``(O,)``.
 
     Returns:
       ``(O,)`` or ``(B, O)``.
     """
-    mat = _as_bcoo(sparse_mat)
+    mat = as_bcoo(sparse_mat)
     return SPARSE_MATMUL.bind(x, {"weight": weight, "bias": bias}, aux={"indices": mat.indices},
                               fns={"weight": weight_fn, "bias": bias_fn}, shape=tuple(mat.shape))
