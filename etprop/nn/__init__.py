@@ -1,7 +1,7 @@
 """Ready-made layers whose weights learn online: connection layers, rate RNN cells, spiking neurons."""
 
-from etprop.nn.linear import (Conv1d, Conv2d, Conv3d, Embedding, GroupedLinear, Linear, LoRA, SignedWLinear,
-                              SparseLinear)
+from etprop.nn.linear import (Conv1d, Conv2d, Conv3d, Embedding, GroupedLinear, Linear, LoRA, ScaledWSLinear,
+                              SignedWLinear, SparseLinear)
 from etprop.nn.rnn import (CFNCell, GRUCell, LRUCell, LSTMCell, MGUCell, MiniGRU, MiniLSTM, MinimalRNNCell, RNNCell,
                            URLSTMCell, VanillaRNNCell)
 from etprop.nn import surrogate
@@ -12,7 +12,7 @@ from etprop.nn.spiking_layers import SpikingRecurrentLayer
 from etprop.nn.synapses import Alpha, DualExpon, Expon
 
 __all__ = [
-    "Linear", "SignedWLinear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding", "GroupedLinear",
+    "Linear", "SignedWLinear", "ScaledWSLinear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding", "GroupedLinear",
     "RNNCell", "VanillaRNNCell", "GRUCell", "MGUCell", "LSTMCell", "MinimalRNNCell", "MiniGRU", "MiniLSTM", "CFNCell",
     "URLSTMCell", "LRUCell",
     "IF", "LIF", "ALIF", "GIF", "Expon", "Alpha", "DualExpon", "LeakyRateReadout", "LeakySpikeReadout",

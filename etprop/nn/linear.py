@@ -63,7 +63,7 @@ from etprop.errors import ArgumentError, OperandError
 from etprop.nn.compat import accepts_keywords
 from etprop.operators.sparse import as_bcoo
 
-__all__ = ["Linear", "SignedWLinear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding",
+__all__ = ["Linear", "SignedWLinear", "ScaledWSLinear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding",
            "GroupedLinear",
            "as_key", "init_array"]
 
@@ -275,6 +275,61 @@ class SignedWLinear(brainstate.nn.Module):
     def update(self, x):
         """``x`` ``(I,)`` or ``(B, I)`` -> ``(O,)`` / ``(B, O)``."""
         return etprop.matmul(x, self.weight.value, weight_fn=self._signed)
+
+
+class ScaledWSLinear(brainstate.nn.Module):
+    r"""Linear layer with weight standardisation (Qiao et al. 2019), braintrace's ``ScaledWSLinear``.
+
+    .. math::
+
+        \hat W_{:, o} = \frac{W_{:, o} - \mathrm{mean}_i W_{i, o}}
+                             {\sqrt{\max(I \cdot \mathrm{var}_i W_{i, o}, \epsilon)}} \odot M_{:, o},
+        \qquad y = g \odot (x\, \hat W) + b
+
+    The standardisation runs inside `etprop.matmul` as its ``weight_fn`` (each output column is
+    standardised over its inputs, so every raw element still drives one output position and
+    D-RTRL keeps its per-parameter trace of the raw ``W``); the gain ``g`` (``ws_gain``) and the
+    bias go through `etprop.element_wise`, so they are traced too.
+
+    Args:
+      in_size, out_size: ``I`` and ``O``.
+      w_init, b_init: initialisers (see the module doc); ``b_init=None`` gives a zero bias.
+      w_mask: optional ``(I, O)`` (or broadcastable) connectivity mask, applied after the
+        standardisation.
+      ws_gain: whether to learn the gain ``g`` ``(O,)`` (starts at 1).
+      eps: :math:`\epsilon`.
+    """
+
+    def __init__(self, in_size: int, out_size: int, w_init: Init = None, b_init: Init = None, w_mask=None,
+                 ws_gain: bool = True, eps: float = 1e-4, *, key=None, name: str | None = None):
+        super().__init__(name=name)
+        self.in_features, self.out_features = _as_int(in_size, "in_size"), _as_int(out_size, "out_size")
+        self.in_size, self.out_size = (self.in_features,), (self.out_features,)
+        shape = (self.in_features, self.out_features)
+        k_w, k_b = _keys(key, 2)
+        self.weight = brainstate.ParamState(init_array(_lecun if w_init is None else w_init, k_w, shape, "weight"))
+        self.bias = brainstate.ParamState(init_array(_bias_init(b_init, self.weight.value), k_b,
+                                                     (self.out_features,), "bias"))
+        self.gain = brainstate.ParamState(jnp.ones((self.out_features,), default_float())) if ws_gain else None
+        if not eps > 0:
+            raise ArgumentError(f"ScaledWSLinear: eps must be > 0, got {eps!r}")
+        self.eps = float(eps)
+        self.w_mask = None if w_mask is None else jnp.asarray(w_mask)
+
+    def _standardise(self, w):
+        mean = u.math.mean(w, axis=0, keepdims=True)
+        var = u.math.var(w, axis=0, keepdims=True)
+        m = u.get_mantissa(var) * self.in_features
+        scale = jax.lax.rsqrt(jnp.maximum(m, self.eps))
+        w_hat = (w - mean) * scale
+        return w_hat if self.w_mask is None else w_hat * self.w_mask
+
+    def update(self, x):
+        """``x`` ``(I,)`` or ``(B, I)`` -> ``(O,)`` / ``(B, O)``."""
+        y = etprop.matmul(x, self.weight.value, weight_fn=self._standardise)
+        if self.gain is not None:
+            y = y * etprop.element_wise(self.gain.value)
+        return y + etprop.element_wise(self.bias.value)
 
 
 # -- SparseLinear ----------------------------------------------------------------------------------

@@ -67,3 +67,31 @@ def test_signed_w_linear_keeps_signs_and_learns_online(x64):
     assert [r.leaf_name for r in learner.graph.relations] == ["inp.weight"]
     with pytest.raises(etprop.ArgumentError, match="does not broadcast"):
         etprop.nn.SignedWLinear(3, 2, w_sign=jnp.ones((4, 2)))
+
+
+def test_scaled_ws_linear_standardises_and_traces_every_parameter(x64):
+    layer = etprop.nn.ScaledWSLinear(5, 3, key=2)
+    w = layer.weight.value
+    w_hat = (w - w.mean(0)) / jnp.sqrt(jnp.maximum(w.var(0) * 5, 1e-4))
+    x = jax.random.normal(jax.random.key(0), (4, 5))
+    np.testing.assert_allclose(layer(x), x @ w_hat, rtol=1e-12, atol=1e-12)
+
+    class Net(brainstate.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = etprop.nn.ScaledWSLinear(5, 3, key=2)
+            self.h = brainstate.HiddenState(jnp.zeros(3))
+
+        def update(self, x):
+            self.h.value = 0.5 * self.h.value + jnp.tanh(self.inp(x))
+            return self.h.value
+
+    from tests.conftest import bptt_reference, rel_err
+    xs = jax.random.normal(jax.random.key(1), (8, 5))
+    ys = jax.random.normal(jax.random.key(2), (8, 3))
+    mse = lambda o, y: jnp.sum((o - y) ** 2)
+    learner = etprop.compile(Net(), etprop.D_RTRL, xs[0])
+    assert {r.leaf_name for r in learner.graph.relations} == {"inp.weight", "inp.gain", "inp.bias"}
+    grads, _ = learner.etrace_grad(xs, ys, mse)
+    ref, _ = bptt_reference(Net(), xs, ys, mse)
+    assert rel_err(grads, ref) <= 1e-6  # one state per unit: exact
