@@ -42,3 +42,11 @@ def test_every_braintrace_name_is_listed():
     assert public == set(TOP), (sorted(public - set(TOP)), sorted(set(TOP) - public))
     assert set(braintrace.nn.__all__) == set(NN), (sorted(set(braintrace.nn.__all__) - set(NN)),
                                                    sorted(set(NN) - set(braintrace.nn.__all__)))
+
+
+def test_compat_names_are_reachable_but_not_public():
+    for name in etprop.COMPAT:
+        assert getattr(etprop, name) is not None and name not in etprop.__all__, name
+    assert etprop.pp_prop is etprop.ES_D_RTRL and etprop.ParamDimVjpAlgorithm is etprop.D_RTRL
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        etprop.NoSuchName

@@ -34,14 +34,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from etprop.errors import ArgumentError, NotSupportedError, NumericalError, OperandError
+from etprop.algorithms.chunked import make_chunk
 from etprop.algorithms.sequence import REDUCTIONS, check_chunk_size, step_fn_evolve, step_fn_grad
+from etprop.algorithms.vjp import batch_sum, online_custom_vjp, sum_terms, tree_sum0
 from etprop.fncache import LRUCache, split as split_fn
 from etprop.graph._jaxpr import bind_eqn
 from etprop.graph.compiler import ETraceGraph, Relation, compile_graph
 from etprop.input_data import MultiStepData, SingleStepData
 from etprop.trace_state import EligibilityTrace
 
-__all__ = ["OnlineAlgorithm", "StepSignals"]
+__all__ = ["OnlineAlgorithm", "StepSignals", "unflatten_out_seq", "as_args"]
 
 
 @dataclasses.dataclass
@@ -55,13 +57,6 @@ class StepSignals:
 
 def _mantissa(x):
     return u.get_mantissa(x)
-
-
-def _zero_cotangent(x):
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        return jnp.zeros_like(x)
-    return np.zeros(x.shape, jax.dtypes.float0)
 
 
 class OnlineAlgorithm(brainstate.nn.Module):
@@ -229,8 +224,8 @@ class OnlineAlgorithm(brainstate.nn.Module):
         and reading it back."""
         full = [self.expand(rel, operands, d) for d in deltas]  # broadcasts: never materialised
         if self.batch_size is None:
-            return _sum([f * e for f, e in zip(full, traces)])
-        return batch_sum(lambda b: _sum([f[b] * e[b] for f, e in zip(full, traces)]), self.batch_size)
+            return sum_terms([f * e for f, e in zip(full, traces)])
+        return batch_sum(lambda b: sum_terms([f[b] * e[b] for f, e in zip(full, traces)]), self.batch_size)
 
     def param_vjp_sum(self, rel: Relation, operands, cotangent, x_override=None):
         """`param_vjp` summed over the batch (see `param_vjp_over`)."""
@@ -412,12 +407,11 @@ class OnlineAlgorithm(brainstate.nn.Module):
         p_leaves, h_leaves, o_leaves = self._split(params, hidden, others)
         a_leaves = jax.tree.leaves(args_seq)
         if mode == "chunk":
-            from etprop.algorithms.chunked import make_chunk
             fn = self._chunk_fns.get(0) or self._chunk_fns.setdefault(0, make_chunk(self))
         else:
             fn = self._window_fn
         outs, h2, o2, tr2 = fn(p_leaves, h_leaves, o_leaves, traces, a_leaves)
-        out = _unflatten_out_seq(g, outs)
+        out = unflatten_out_seq(g, outs)
         hidden2, others2 = jax.tree.unflatten(jax.tree.structure((hidden, others)), list(h2) + list(o2))
         return out, hidden2, others2, tr2
 
@@ -478,7 +472,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         """
         self._require_graph()
         multi = isinstance(inputs, MultiStepData)
-        args = _as_args(inputs, multi=multi)
+        args = as_args(inputs, multi=multi)
         self._check_args(args, multi)
         seq = args if multi else jax.tree.map(lambda a: jnp.expand_dims(a, 0), args)
         mf = self.graph.mf
@@ -496,7 +490,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         for this step (zeros if ``loss_fn`` is None), ready for ``optax.update``.
         """
         self._require_graph()
-        args = _as_args(inputs, multi=False)
+        args = as_args(inputs, multi=False)
         self._check_args(args, False)
         seq = jax.tree.map(lambda a: jnp.expand_dims(a, 0), args)
         ys = None if target is None else jax.tree.map(lambda a: jnp.expand_dims(a, 0), target)
@@ -570,7 +564,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         reduction = "sum" if reduction is None else reduction
         if reduction not in REDUCTIONS:
             raise ArgumentError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        args = _as_args(xs, multi=True)
+        args = as_args(xs, multi=True)
         self._check_args(args, True)
         grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, chunk_size=closed_form_chunk)
         if reduction == "mean":
@@ -592,7 +586,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
     def _evolve(self, xs):
         """Outputs of the model over ``xs`` (time leading), traces and states advanced."""
-        args = _as_args(xs, multi=True)
+        args = as_args(xs, multi=True)
         self._check_args(args, True)
         _, _, out = self._run_sequence(args, None, None, None, window=1, return_out=True)
         return out
@@ -621,7 +615,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         scan = self._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
 
         def fn(params, hidden, others, traces, xs, ys, mask):
-            res = scan(params, hidden, others, traces, _as_args(xs, multi=True), ys, mask)
+            res = scan(params, hidden, others, traces, as_args(xs, multi=True), ys, mask)
             return (self._grads_to_dict(res[0], params),) + tuple(res[1:])
 
         return fn
@@ -709,7 +703,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
           ``(opt_state, losses)``; the model's parameters, hidden states and traces advance.
         """
         self._require_graph()
-        args = _as_args(xs, multi=True)
+        args = as_args(xs, multi=True)
         self._check_args(args, True)
         T = jax.tree.leaves(args)[0].shape[0]
         mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
@@ -814,64 +808,7 @@ def _all_finite(leaves):
     return ok
 
 
-def online_custom_vjp(fwd_impl, param_grads):
-    """``fn(p, h, o, tr, a) -> (outs, h', o', tr')`` whose VJP gives only parameter gradients.
-
-    ``fwd_impl`` returns ``(outs, h', o', tr', residuals)``; ``param_grads((p, h, o, tr, a,
-    residuals), cotangents)`` returns the parameter gradient leaves. No cotangent flows to
-    the initial states, traces or inputs: across calls, credit is carried by the traces.
-    """
-
-    @jax.custom_vjp
-    def fn(p, h, o, tr, a):
-        return fwd_impl(p, h, o, tr, a)[:4]
-
-    def fwd(p, h, o, tr, a):
-        outs, h2, o2, tr2, res = fwd_impl(p, h, o, tr, a)
-        return (outs, h2, o2, tr2), (p, h, o, tr, a, res)
-
-    def bwd(res, cts):
-        zeros = lambda tree: jax.tree.map(_zero_cotangent, tree)
-        _, h, o, tr, a, _ = res
-        return list(param_grads(res, cts)), zeros(h), zeros(o), zeros(tr), zeros(a)
-
-    fn.defvjp(fwd, bwd)
-    return fn
-
-
-def _sum(terms):
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total
-
-
-def batch_sum(term, n: int, block: int = 16):
-    """``sum_{b < n} term(b)`` unrolled in blocks of ``block`` samples: each block is one
-    elementwise fusion that reads its slices once (no reduce, see `tree_sum0`)."""
-    blocks = [_sum([term(b) for b in range(lo, min(lo + block, n))]) for lo in range(0, n, block)]
-    return _sum(blocks)
-
-
-def tree_sum0(x, unroll: int = 32):
-    """``x.sum(0)`` without a reduce: on XLA:CPU a reduce over the leading axis of a large
-    array is several times slower than adds, and a fused float32 reduce can be miscompiled
-    (``shared/design/pitfalls.md``). Up to ``unroll`` rows are added in one elementwise
-    fusion (the product that makes ``x`` fuses into it, so ``x`` is never written: measured
-    2.8x faster than a halving tree for a (16, 100, 512) product); longer leading axes are
-    first halved pairwise."""
-    while x.shape[0] > unroll:
-        n = x.shape[0]
-        half = n // 2
-        y = x[:half] + x[half:2 * half]
-        x = jnp.concatenate([y, x[2 * half:]]) if n % 2 else y
-    total = x[0]
-    for i in range(1, x.shape[0]):
-        total = total + x[i]
-    return total
-
-
-def _unflatten_out_seq(graph: ETraceGraph, outs):
+def unflatten_out_seq(graph: ETraceGraph, outs):
     n = graph.out_tree.num_leaves
     dummy = [None] * n
     dummy[:len(outs)] = list(outs)
@@ -886,7 +823,7 @@ def _unwrap_single(inputs: tuple) -> tuple:
     return inputs
 
 
-def _as_args(inputs, *, multi: bool) -> tuple:
+def as_args(inputs, *, multi: bool) -> tuple:
     if isinstance(inputs, MultiStepData):
         if not multi:
             raise NotSupportedError("step() takes one time step; use etrace_grad or learner(MultiStepData(...))")

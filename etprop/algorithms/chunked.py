@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from etprop.algorithms.base import _sum, online_custom_vjp
+from etprop.algorithms.vjp import online_custom_vjp, sum_terms
 
 __all__ = ["make_chunk"]
 
@@ -122,7 +122,7 @@ def make_chunk(algo):
 
 def _matmul_rows(M, D, S):
     """(M D)[a][s] = sum_r M[a][r] D[r][s], per position, written out term by term."""
-    return [[_sum([M[a][r] * D[r][s] for r in range(S)]) for s in range(S)] for a in range(S)]
+    return [[sum_terms([M[a][r] * D[r][s] for r in range(S)]) for s in range(S)] for a in range(S)]
 
 
 def _param_chunk_end(algo, rel, e0, D, Df, ops):
@@ -136,9 +136,9 @@ def _param_chunk_end(algo, rel, e0, D, Df, ops):
         return _matmul_rows(M, Dk, S), M
 
     P, Q = jax.lax.scan(rev, eye, D, reverse=True)  # Q[a][s]: (K, P) ; P: products of all D
-    gsum = [_sum([Q[a][s] * Df[s] for s in range(S)]) for a in range(S)]
+    gsum = [sum_terms([Q[a][s] * Df[s] for s in range(S)]) for a in range(S)]
     ex = lambda v: algo.expand(rel, ops, v)
-    return [_sum([ex(P[a][s]) * e0[s] for s in range(S)]) + algo.param_vjp_over(rel, ops, gsum[a], K)
+    return [sum_terms([ex(P[a][s]) * e0[s] for s in range(S)]) + algo.param_vjp_over(rel, ops, gsum[a], K)
             for a in range(S)]
 
 
@@ -149,13 +149,13 @@ def _param_chunk_history(algo, rel, e0, rec, delta, ops, flat_ops, n, batched):
     def rev(c, inp):
         dj, Dj = inp
         c_next = c  # c_{j+1}
-        cDj = [_sum([c[a] * Dj[a][s] for a in range(S)]) for s in range(S)]
+        cDj = [sum_terms([c[a] * Dj[a][s] for a in range(S)]) for s in range(S)]
         return [dj[s] + cDj[s] for s in range(S)], c_next
 
     c0 = [jnp.zeros_like(x[0]) for x in delta]
     c_first, c_shift = jax.lax.scan(rev, c0, (delta, D), reverse=True)
     start = algo.bsum_products(rel, ops, c_first, e0)
-    cot = _sum([c_shift[a] * Df[a] for a in range(S)])
+    cot = sum_terms([c_shift[a] * Df[a] for a in range(S)])
     if batched:
         cot = cot.reshape((n,) + cot.shape[2:])
     return start + algo.param_vjp_over(rel, flat_ops, cot, n)
@@ -164,7 +164,7 @@ def _param_chunk_history(algo, rel, e0, rec, delta, ops, flat_ops, n, batched):
 def _io_chunk_history(algo, rel, rec, delta, flat_ops, n, batched):
     ex_hat, ef = rec
     S = len(ef)
-    c = _sum([delta[a] * ef[a] for a in range(S)])
+    c = sum_terms([delta[a] * ef[a] for a in range(S)])
     flat = (lambda x: x.reshape((n,) + x.shape[2:])) if batched else (lambda x: x)
     if rel.n_x == 0:
         return algo.param_vjp_over(rel, flat_ops, flat(c), n)

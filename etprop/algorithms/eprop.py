@@ -53,7 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.algorithms.etrace import _TraceRules, _sum
+from etprop.algorithms.etrace import _TraceRules
+from etprop.algorithms.vjp import sum_terms
 from etprop.errors import ArgumentError
 from etprop.graph import _jaxpr
 from etprop.graph.compiler import Relation, deps_of_in
@@ -242,9 +243,9 @@ class EProp(_TraceRules):
             return super().relation_history(rel, kind, trace, delta, operands, count)
         S = len(delta)
         if kind == "param":
-            return self.bsum(_sum([self.expand(rel, operands, delta[a]) * trace["f"][a] for a in range(S)]))
+            return self.bsum(sum_terms([self.expand(rel, operands, delta[a]) * trace["f"][a] for a in range(S)]))
         ex_hat, _ = self.io_snapshot(rel, trace["e"], count)
-        c = _sum([delta[a] * trace["f"][a] for a in range(S)])
+        c = sum_terms([delta[a] * trace["f"][a] for a in range(S)])
         if rel.n_x == 0:
             return self.param_vjp_sum(rel, operands, c)
         return self.param_vjp_sum(rel, operands, c, x_override=[ex_hat])

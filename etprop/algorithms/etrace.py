@@ -27,7 +27,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.algorithms.base import OnlineAlgorithm, StepSignals, _sum
+from etprop.algorithms.base import OnlineAlgorithm, StepSignals
+from etprop.algorithms.vjp import sum_terms
 from etprop.errors import ArgumentError, NotSupportedError
 from etprop.graph.compiler import Relation
 
@@ -111,9 +112,9 @@ class _TraceRules(OnlineAlgorithm):
         S = len(Df)
         if kind == "param":
             ex = lambda v: self.expand(rel, ops, v)
-            return [_sum([ex(D[a][s]) * trace[s] for s in range(S)]) + self.param_vjp(rel, ops, Df[a])
+            return [sum_terms([ex(D[a][s]) * trace[s] for s in range(S)]) + self.param_vjp(rel, ops, Df[a])
                     for a in range(S)]
-        ef = [_sum([D[a][s] * trace["ef"][s] for s in range(S)]) + Df[a] for a in range(S)]
+        ef = [sum_terms([D[a][s] * trace["ef"][s] for s in range(S)]) + Df[a] for a in range(S)]
         if rel.n_x == 0:
             return {"ex": [], "ef": ef}
         ex_old = trace["ex"][0]
@@ -136,7 +137,7 @@ class _TraceRules(OnlineAlgorithm):
         if kind == "param":
             return self.bsum_products(rel, operands, delta, trace)
         ex_hat, ef = self.io_snapshot(rel, trace, count)
-        c = _sum([delta[a] * ef[a] for a in range(S)])
+        c = sum_terms([delta[a] * ef[a] for a in range(S)])
         if rel.n_x == 0:
             return self.param_vjp_sum(rel, operands, c)
         return self.param_vjp_sum(rel, operands, c, x_override=[ex_hat])

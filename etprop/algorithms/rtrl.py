@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.algorithms.base import OnlineAlgorithm, online_custom_vjp, tree_sum0
+from etprop.algorithms.base import OnlineAlgorithm
+from etprop.algorithms.vjp import online_custom_vjp, tree_sum0
 from etprop.errors import ArgumentError, CompilationError
 from etprop.graph import _jaxpr
 from etprop.graph.compiler import deps_of_in

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.algorithms.base import _as_args, _unflatten_out_seq, online_custom_vjp
+from etprop.algorithms.base import as_args, unflatten_out_seq
+from etprop.algorithms.vjp import online_custom_vjp
 from etprop.algorithms.etrace import _TraceRules, _decay
 from etprop.errors import ArgumentError, NotSupportedError
 from etprop.graph.compiler import Relation
@@ -171,7 +172,7 @@ class ThreeFactor(_TraceRules):
         loss = jnp.zeros(())
         if step_loss is not None:
             def loss_of(pl):
-                out = _unflatten_out_seq(self.graph, self._plain(list(h), pl, o, a1))
+                out = unflatten_out_seq(self.graph, self._plain(list(h), pl, o, a1))
                 return jnp.sum(self._window_losses(step_loss, out, y1, mask1))
 
             loss, gl = jax.value_and_grad(loss_of)(list(p_leaves))
@@ -212,7 +213,7 @@ class ThreeFactor(_TraceRules):
             h2, o2 = jax.tree.unflatten(jax.tree.structure((hidden, others)), list(h) + list(o))
             new_params = dict(zip(g.mf.param_names, jax.tree.unflatten(p_tree, pl)))
             res = (acc, losses, h2, o2, tr, new_params, st)
-            return res + (_unflatten_out_seq(g, outs),) if return_out else res
+            return res + (unflatten_out_seq(g, outs),) if return_out else res
 
         fn = self._jit_cache[key] = jax.jit(run)
         return fn
@@ -261,7 +262,7 @@ class ThreeFactor(_TraceRules):
         if step_fn is not None or sequences:
             raise NotSupportedError("ThreeFactor.etrace_grad takes (xs, ys, step_loss, modulator=...); the "
                                     "step_fn convention differentiates a loss, which this rule does not use")
-        args = _as_args(xs, multi=True)
+        args = as_args(xs, multi=True)
         self._check_args(args, True)
         T = jax.tree.leaves(args)[0].shape[0]
         m = self._check_modulator(modulator, T)
@@ -274,7 +275,7 @@ class ThreeFactor(_TraceRules):
         """Advance one step; returns ``(out, grads, loss)`` with ``grads = M . e`` for the
         traced weights (``modulator`` of shape ``s`` as in `etrace_grad`, no time axis)."""
         self._require_graph()
-        args = _as_args(inputs, multi=False)
+        args = as_args(inputs, multi=False)
         self._check_args(args, False)
         m = self._check_modulator(modulator, None)
         seq = jax.tree.map(lambda a: jnp.expand_dims(a, 0), args)
@@ -287,7 +288,7 @@ class ThreeFactor(_TraceRules):
         """Update the parameters with ``optimizer`` at every step from ``M^t . e^t`` (and the loss
         for untraced parameters). Returns ``(opt_state, losses)``."""
         self._require_graph()
-        args = _as_args(xs, multi=True)
+        args = as_args(xs, multi=True)
         self._check_args(args, True)
         T = jax.tree.leaves(args)[0].shape[0]
         m = self._check_modulator(modulator, T)

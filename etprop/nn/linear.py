@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse as jsparse
 
-import etprop
+from etprop import operators as ops
 from etprop.errors import ArgumentError, OperandError
 from etprop.nn.compat import accepts_keywords
 from etprop.operators.sparse import as_bcoo
@@ -218,7 +218,7 @@ class Linear(brainstate.nn.Module):
 
     def update(self, x):
         """``x``: ``(I,)`` or ``(B, I)`` -> ``(O,)`` or ``(B, O)``."""
-        return etprop.matmul(x, self.weight.value, _value(self.bias), weight_fn=self._weight_fn)
+        return ops.matmul(x, self.weight.value, _value(self.bias), weight_fn=self._weight_fn)
 
 
 def _check_mask(mask, shape):
@@ -274,7 +274,7 @@ class SignedWLinear(brainstate.nn.Module):
 
     def update(self, x):
         """``x`` ``(I,)`` or ``(B, I)`` -> ``(O,)`` / ``(B, O)``."""
-        return etprop.matmul(x, self.weight.value, weight_fn=self._signed)
+        return ops.matmul(x, self.weight.value, weight_fn=self._signed)
 
 
 class ScaledWSLinear(brainstate.nn.Module):
@@ -326,10 +326,10 @@ class ScaledWSLinear(brainstate.nn.Module):
 
     def update(self, x):
         """``x`` ``(I,)`` or ``(B, I)`` -> ``(O,)`` / ``(B, O)``."""
-        y = etprop.matmul(x, self.weight.value, weight_fn=self._standardise)
+        y = ops.matmul(x, self.weight.value, weight_fn=self._standardise)
         if self.gain is not None:
-            y = y * etprop.element_wise(self.gain.value)
-        return y + etprop.element_wise(self.bias.value)
+            y = y * ops.element_wise(self.gain.value)
+        return y + ops.element_wise(self.bias.value)
 
 
 # -- SparseLinear ----------------------------------------------------------------------------------
@@ -403,7 +403,7 @@ class SparseLinear(brainstate.nn.Module):
 
     def update(self, x):
         """``x``: ``(I,)`` or ``(B, I)`` -> ``(O,)`` or ``(B, O)``."""
-        return etprop.sparse_matmul(x, self.weight.value, sparse_mat=self.structure, bias=_value(self.bias))
+        return ops.sparse_matmul(x, self.weight.value, sparse_mat=self.structure, bias=_value(self.bias))
 
 
 # -- LoRA ------------------------------------------------------------------------------------------
@@ -462,7 +462,7 @@ class LoRA(brainstate.nn.Module):
 
     def update(self, x):
         """``x``: ``(I,)`` or ``(B, I)`` -> ``(O,)`` or ``(B, O)``."""
-        return etprop.lora_matmul(x, self.B.value, self.A.value, alpha=self.alpha, bias=_value(self.bias))
+        return ops.lora_matmul(x, self.B.value, self.A.value, alpha=self.alpha, bias=_value(self.bias))
 
 
 # -- convolutions ----------------------------------------------------------------------------------
@@ -510,7 +510,7 @@ class _ConvNd(brainstate.nn.Module):
 
     def update(self, x):
         """``x``: ``(*spatial, C_in)`` or ``(B, *spatial, C_in)`` (channels last)."""
-        return etprop.conv(x, self.weight.value, _value(self.bias), strides=self.stride, padding=self.padding,
+        return ops.conv(x, self.weight.value, _value(self.bias), strides=self.stride, padding=self.padding,
                            rhs_dilation=self.dilation, feature_group_count=self.groups)
 
 
@@ -593,7 +593,7 @@ class Embedding(brainstate.nn.Module):
                                                        "weight"))
 
     def update(self, indices):
-        return etprop.embedding(indices, self.weight.value)
+        return ops.embedding(indices, self.weight.value)
 
 
 # -- GroupedLinear ---------------------------------------------------------------------------------
@@ -638,4 +638,4 @@ class GroupedLinear(brainstate.nn.Module):
         self.bias = _maybe_param(bias, _bias_init(b_init, self.weight.value), k_b, self.out_size, "bias")
 
     def update(self, x):
-        return etprop.grouped_matmul(x, self.weight.value, _value(self.bias))
+        return ops.grouped_matmul(x, self.weight.value, _value(self.bias))

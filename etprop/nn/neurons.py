@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import etprop
+from etprop import operators as ops
 from etprop.nn.surrogate import FastSigmoid, Surrogate
 
 __all__ = ["IF", "LIF", "ALIF", "GIF"]
@@ -144,7 +144,7 @@ class TimeConstant:
         """``tau`` (quantity or array); trainable ones through `etprop.element_wise`."""
         if not self.trainable:
             return self._fixed
-        t = etprop.element_wise(getattr(owner, self.name).value)
+        t = ops.element_wise(getattr(owner, self.name).value)
         return t if self.unit.is_unitless else t * self.unit
 
     def decay(self, owner):
@@ -374,7 +374,7 @@ class ALIF(_Neuron):
     def _beta(self):
         if not self.train_beta:
             return self.beta
-        b = etprop.element_wise(self.beta.value)
+        b = ops.element_wise(self.beta.value)
         return b if self.v_unit.is_unitless else b * self.v_unit
 
     def _initial_values(self, batch_size):

@@ -15,7 +15,7 @@ import brainunit as u
 import jax
 import jax.numpy as jnp
 
-import etprop
+from etprop import operators as ops
 from etprop.nn.neurons import LIF, TimeConstant, batch_shape, filled, to_size
 
 __all__ = ["LeakyRateReadout", "LeakySpikeReadout", "init_weight"]
@@ -95,7 +95,7 @@ class LeakyRateReadout(brainstate.nn.Module):
 
     def update(self, x):
         p = self.weight.value
-        y = etprop.matmul(x, p["weight"], p.get("bias"))
+        y = ops.matmul(x, p["weight"], p.get("bias"))
         d = self._tau.decay(self)
         self.r.value = d * self.r.value + (1.0 - d) * y
         return self.r.value
@@ -130,4 +130,4 @@ class LeakySpikeReadout(LIF):
         self.weight = brainstate.ParamState(init_weight(w_init, self.in_size + self.varshape, seed=seed))
 
     def update(self, x):
-        return super().update(etprop.matmul(x, self.weight.value))
+        return super().update(ops.matmul(x, self.weight.value))

@@ -54,7 +54,7 @@ import brainstate
 import jax
 import jax.numpy as jnp
 
-import etprop
+from etprop import operators as ops
 from etprop.errors import ArgumentError
 from etprop.nn.compat import accepts_keywords
 from etprop.nn.linear import Init, Linear, _as_int, _keys, default_float, init_array
@@ -452,7 +452,7 @@ class URLSTMCell(RNNCell):
 
     def update(self, x):
         xh = _cat(x, self.h.value)
-        b = etprop.element_wise(self.forget_bias.value)
+        b = ops.element_wise(self.forget_bias.value)
         f = jax.nn.sigmoid(self.Wf(xh) + b)
         r = jax.nn.sigmoid(self.Wr(xh) - b)
         g = 2.0 * r * f + (1.0 - 2.0 * r) * f ** 2
@@ -548,14 +548,14 @@ class LRUCell(RNNCell):
         return jnp.exp(-jnp.exp(self.nu_log.value) + 1j * jnp.exp(self.theta_log.value))
 
     def update(self, x):
-        modulus = etprop.element_wise(self.nu_log.value, weight_fn=_lru_modulus)
-        phase = etprop.element_wise(self.theta_log.value, weight_fn=jnp.exp)
-        gamma = etprop.element_wise(self.gamma_log.value, weight_fn=jnp.exp)
+        modulus = ops.element_wise(self.nu_log.value, weight_fn=_lru_modulus)
+        phase = ops.element_wise(self.theta_log.value, weight_fn=jnp.exp)
+        gamma = ops.element_wise(self.gamma_log.value, weight_fn=jnp.exp)
         a, b = modulus * jnp.cos(phase), modulus * jnp.sin(phase)
         h_re, h_im = self.h_re.value, self.h_im.value
-        self.h_re.value = a * h_re - b * h_im + gamma * etprop.matmul(x, self.B_re.value)
-        self.h_im.value = b * h_re + a * h_im + gamma * etprop.matmul(x, self.B_im.value)
-        y = etprop.matmul(self.h_re.value, self.C_re.value) - etprop.matmul(self.h_im.value, self.C_im.value)
+        self.h_re.value = a * h_re - b * h_im + gamma * ops.matmul(x, self.B_re.value)
+        self.h_im.value = b * h_re + a * h_im + gamma * ops.matmul(x, self.B_im.value)
+        y = ops.matmul(self.h_re.value, self.C_re.value) - ops.matmul(self.h_im.value, self.C_im.value)
         if self.D is not None:
-            y = y + etprop.element_wise(self.D.value) * x
+            y = y + ops.element_wise(self.D.value) * x
         return y

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import etprop
+from etprop import operators as ops
 from etprop.nn.neurons import ALIF, GIF, IF, LIF, _Neuron, batch_shape, filled
 from etprop.nn.readout import init_weight
 
@@ -124,8 +124,8 @@ class SpikingRecurrentLayer(brainstate.nn.Module):
         self.z.value = filled(batch_shape(self.varshape, batch_size), 0.0)
 
     def update(self, x):
-        current = (etprop.matmul(x, self.w_in.value)
-                   + etprop.matmul(self.z.value, self.w_rec.value, weight_fn=self._rec_weight_fn))
+        current = (ops.matmul(x, self.w_in.value)
+                   + ops.matmul(self.z.value, self.w_rec.value, weight_fn=self._rec_weight_fn))
         s = self.neuron(current)
         self.z.value = s
         return s
