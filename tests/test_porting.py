@@ -50,3 +50,20 @@ def test_compat_names_are_reachable_but_not_public():
     assert etprop.pp_prop is etprop.ES_D_RTRL and etprop.ParamDimVjpAlgorithm is etprop.D_RTRL
     with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
         etprop.NoSuchName
+
+
+def test_names_braintrace_nn_forwards_are_reachable():
+    import warnings
+    braintrace = pytest.importorskip("braintrace")
+    names = [n for n in dir(braintrace.nn) if not n.startswith("_") and n not in braintrace.nn.__all__]
+    assert len(names) >= 50
+    for n in names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = getattr(braintrace.nn, n)
+        ours = getattr(etprop.nn, n)
+        if theirs.__module__.split(".")[0] == "brainstate" or n in ("STP", "STD"):
+            assert ours is theirs, n
+        else:  # etprop's own class of that name (PORTING.md: differs)
+            assert n in ("LIF", "ALIF", "IF", "Expon", "Alpha", "DualExpon") and n in etprop.nn.__all__, n
+        assert f"`{n}`" in PORTING, n

@@ -5,7 +5,7 @@ from etprop.nn.linear import (Conv1d, Conv2d, Conv3d, Embedding, GroupedLinear, 
 from etprop.nn.rnn import (CFNCell, GRUCell, LRUCell, LSTMCell, MGUCell, MiniGRU, MiniLSTM, MinimalRNNCell, RNNCell,
                            URLSTMCell, VanillaRNNCell)
 from etprop.nn import surrogate
-from etprop.nn.compat import ALIASES
+from etprop.nn.compat import ALIASES, forwarded
 from etprop.nn.neurons import ALIF, GIF, IF, LIF
 from etprop.nn.readout import LeakyRateReadout, LeakySpikeReadout
 from etprop.nn.spiking_layers import SpikingRecurrentLayer
@@ -21,8 +21,12 @@ __all__ = [
 
 
 def __getattr__(name):
-    """braintrace's names that etprop spells otherwise (`etprop.nn.compat.ALIASES`): reachable
-    for ports, not part of ``__all__``."""
+    """braintrace's names that etprop spells otherwise (`etprop.nn.compat.ALIASES`) and what
+    braintrace.nn forwards to brainstate.nn and brainpy.state (`etprop.nn.compat.FORWARDED`):
+    reachable for ports, not part of ``__all__``."""
     if name in ALIASES:
         return globals()[ALIASES[name]]
+    cls = forwarded(name)  # braintrace.nn's forwards to brainstate.nn / brainpy.state
+    if cls is not None:
+        return cls
     raise AttributeError(f"module 'etprop.nn' has no attribute {name!r}")

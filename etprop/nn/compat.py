@@ -10,14 +10,43 @@ package's ``__getattr__`` serves them, outside ``__all__`` (PORTING.md lists the
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Mapping
 
 from etprop.errors import ArgumentError
 
-__all__ = ["accepts_keywords", "ALIASES"]
+__all__ = ["accepts_keywords", "ALIASES", "FORWARDED", "forwarded"]
 
 ALIASES = {"ValinaRNNCell": "VanillaRNNCell"}
+
+# what braintrace.nn forwards to other libraries (deprecated there, still used by its users'
+# scripts): brainstate's activations, normalisations, pooling and dropout, and the brainpy.state
+# dynamics etprop has no class of its own for
+FORWARDED = {
+    "brainstate.nn": (
+        "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
+        "AdaptiveMaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "BatchNorm0d", "BatchNorm1d", "BatchNorm2d",
+        "BatchNorm3d", "CELU", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "ELU", "Flatten", "GELU", "GLU",
+        "GroupNorm", "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh", "Identity", "LayerNorm", "LeakyReLU",
+        "LogSigmoid", "LogSoftmax", "MaxPool1d", "MaxPool2d", "MaxPool3d", "Mish", "PReLU", "RMSNorm", "RReLU",
+        "ReLU", "ReLU6", "SELU", "SiLU", "Sigmoid", "Softmax", "Softmax2d", "Softmin", "Softplus", "Softshrink",
+        "Softsign", "SpikeBitwise", "Tanh", "Tanhshrink", "Unflatten"),
+    "brainpy.state": ("STP", "STD"),
+}
+
+
+def forwarded(name: str):
+    """The class braintrace.nn forwards ``name`` to, or None if it forwards no such name."""
+    for module, names in FORWARDED.items():
+        if name in names:
+            try:
+                mod = importlib.import_module(module)
+            except ImportError:
+                raise ArgumentError(f"etprop.nn.{name} is {module}.{name}, which needs {module.split('.')[0]} "
+                                    f"(pip install -e '.[ecosystem]')") from None
+            return getattr(mod, name)
+    return None
 
 
 def accepts_keywords(renames: Mapping[str, str], state_init: bool = False):
