@@ -1,9 +1,10 @@
 """Ready-made layers whose weights learn online: connection layers, rate RNN cells, spiking neurons."""
 
-from etprop.nn.linear import (Conv1d, Conv2d, Conv3d, Embedding, GroupedLinear, Linear, LoRA, ScaledWSLinear,
-                              SignedWLinear, SparseLinear)
-from etprop.nn.rnn import (CFNCell, GRUCell, LRUCell, LSTMCell, MGUCell, MiniGRU, MiniLSTM, MinimalRNNCell, RNNCell,
-                           URLSTMCell, VanillaRNNCell)
+from etprop.nn.constrained import ScaledWSLinear, SignedWLinear
+from etprop.nn.conv import Conv1d, Conv2d, Conv3d
+from etprop.nn.linear import Embedding, GroupedLinear, Linear, LoRA, SparseLinear
+from etprop.nn.gated import CFNCell, MiniLSTM, URLSTMCell
+from etprop.nn.rnn import GRUCell, LRUCell, LSTMCell, MGUCell, MiniGRU, MinimalRNNCell, RNNCell, VanillaRNNCell
 from etprop.nn import surrogate
 from etprop.nn.compat import ALIASES, forwarded
 from etprop.nn.neurons import ALIF, GIF, IF, LIF

@@ -53,7 +53,7 @@ def accepts_keywords(renames: Mapping[str, str], state_init: bool = False):
     """Class decorator: ``cls(**{braintrace_name: v})`` means ``cls(**{etprop_name: v})``.
 
     With ``state_init``, the class also takes braintrace's ``state_init=`` (an initialiser of
-    the hidden state, see `etprop.nn.linear.init_array`): it is set after construction and the
+    the hidden state, see `etprop.nn.initializers.init_array`): it is set after construction and the
     states are made again with it (``init_state()``)."""
 
     def wrap(cls):

@@ -48,8 +48,6 @@ under every algorithm.
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Callable, Sequence
 
 import brainstate
 import brainunit as u
@@ -61,91 +59,11 @@ from jax.experimental import sparse as jsparse
 from etprop import operators as ops
 from etprop.errors import ArgumentError, OperandError
 from etprop.nn.compat import accepts_keywords
+from etprop.nn.initializers import (LECUN, ZEROS, Init, as_key, bias_init, init_array, maybe_param, positive_int,
+                                    split_keys, value_of)
 from etprop.operators.sparse import as_bcoo
 
-__all__ = ["Linear", "SignedWLinear", "ScaledWSLinear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding",
-           "GroupedLinear",
-           "as_key", "init_array"]
-
-Init = Callable | jax.Array | np.ndarray | None
-
-
-# -- initialisation helpers ----------------------------------------------------------------------
-
-def as_key(key=None) -> jax.Array:
-    """A PRNG key from an ``int`` seed, a key (returned as is) or ``None`` (brainstate's global RNG)."""
-    if key is None:
-        return brainstate.random.split_key()
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    return key
-
-
-def default_float():
-    """JAX's default float dtype: float32, or float64 under ``jax_enable_x64``."""
-    return jnp.zeros(()).dtype
-
-
-def is_braintools_init(init) -> bool:
-    """Whether ``init`` is a `braintools.init` initialiser (called as ``init(shape, rng=...)``)."""
-    mod = sys.modules.get("braintools.init")  # a user who made one has imported braintools
-    return mod is not None and isinstance(init, getattr(mod, "Initialization", ()))
-
-
-def init_array(init: Init, key, shape: Sequence[int], name: str, dtype=None):
-    """Create a parameter value from ``init``: an array or quantity, a `braintools.init`
-    initialiser or ``init(key, shape, dtype)``. A unit of the result is kept: the value is a
-    `brainunit.Quantity` then, a plain array otherwise."""
-    shape = tuple(int(s) for s in shape)
-    dtype = default_float() if dtype is None else dtype
-    try:
-        if is_braintools_init(init):
-            value = init(shape, rng=brainstate.random.RandomState(as_key(key)))
-        elif callable(init):
-            value = init(key, shape, dtype)
-        else:
-            value = init
-        mantissa, unit = u.split_mantissa_unit(value)
-        mantissa = jnp.asarray(mantissa, dtype)
-    except (TypeError, ValueError) as err:
-        raise ArgumentError(f"the initialiser of '{name}' failed for shape {shape}: {err}. Give an array or quantity "
-                            f"of that shape, a braintools.init initialiser, or init(key, shape, dtype)") from None
-    if tuple(mantissa.shape) != shape:
-        raise ArgumentError(f"the initial value of '{name}' has shape {tuple(mantissa.shape)}, expected {shape}")
-    return mantissa if unit.is_unitless and unit.factor == 1.0 else u.Quantity(mantissa, unit=unit)
-
-
-def _bias_init(b_init: Init, weight):
-    """``b_init``, or zeros in the weight's unit when none is given."""
-    if b_init is not None:
-        return b_init
-    unit = u.get_unit(weight)
-    if unit.is_unitless:
-        return _zeros
-    return lambda key, shape, dtype: u.Quantity(jnp.zeros(shape, dtype), unit=unit)
-
-
-def _keys(key, n: int):
-    return list(jax.random.split(as_key(key), n))
-
-
-def _as_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ArgumentError(f"'{name}' must be a positive int, got {v!r}")
-    return int(v)
-
-
-def _maybe_param(enabled, init, key, shape, name):
-    return brainstate.ParamState(init_array(init, key, shape, name)) if enabled else None
-
-
-def _value(state):
-    return None if state is None else state.value
-
-
-_lecun = jax.nn.initializers.lecun_normal()
-_zeros = jax.nn.initializers.zeros
-
+__all__ = ["Linear", "SparseLinear", "LoRA", "Embedding", "GroupedLinear"]
 
 # -- Linear ----------------------------------------------------------------------------------------
 
@@ -199,13 +117,13 @@ class Linear(brainstate.nn.Module):
     def __init__(self, in_size: int, out_size: int, bias: bool = True, w_mask=None, sign=None, *,
                  w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
         super().__init__(name=name)
-        self.in_features = _as_int(in_size, "in_size")
-        self.out_features = _as_int(out_size, "out_size")
+        self.in_features = positive_int(in_size, "in_size")
+        self.out_features = positive_int(out_size, "out_size")
         self.in_size, self.out_size = (self.in_features,), (self.out_features,)
         shape = (self.in_features, self.out_features)
-        k_w, k_b = _keys(key, 2)
-        self.weight = brainstate.ParamState(init_array(_lecun if w_init is None else w_init, k_w, shape, "weight"))
-        self.bias = _maybe_param(bias, _bias_init(b_init, self.weight.value), k_b, (self.out_features,), "bias")
+        k_w, k_b = split_keys(key, 2)
+        self.weight = brainstate.ParamState(init_array(LECUN if w_init is None else w_init, k_w, shape, "weight"))
+        self.bias = maybe_param(bias, bias_init(b_init, self.weight.value), k_b, (self.out_features,), "bias")
         self.w_mask = None if w_mask is None else _check_mask(w_mask, shape)
         self.sign = None if sign is None else _check_sign(sign, shape)
         self._weight_fn = _constraint_fn(self.w_mask, self.sign)
@@ -218,7 +136,7 @@ class Linear(brainstate.nn.Module):
 
     def update(self, x):
         """``x``: ``(I,)`` or ``(B, I)`` -> ``(O,)`` or ``(B, O)``."""
-        return ops.matmul(x, self.weight.value, _value(self.bias), weight_fn=self._weight_fn)
+        return ops.matmul(x, self.weight.value, value_of(self.bias), weight_fn=self._weight_fn)
 
 
 def _check_mask(mask, shape):
@@ -238,98 +156,6 @@ def _check_sign(sign, shape):
     if not np.all(np.isin(s, (-1, 1))):
         raise ArgumentError("Linear: 'sign' must contain only +1 (excitatory) and -1 (inhibitory)")
     return jnp.asarray(s)
-
-
-class SignedWLinear(brainstate.nn.Module):
-    r"""braintrace's sign-constrained layer: :math:`y = x\,(|W| \odot s)`, no bias.
-
-    Args:
-      in_size, out_size: ``I`` and ``O``.
-      w_init: initialiser of the raw weight ``W`` (default LeCun normal; see the module doc).
-      w_sign: ``s``, broadcastable to ``(I, O)`` (e.g. ``(I, 1)`` of +-1 for Dale's law);
-        None is all +1.
-
-    The trace and the gradient are with respect to the raw ``W`` (the transform runs inside
-    `etprop.matmul`), so an update never flips an effective weight's sign.
-    """
-
-    def __init__(self, in_size: int, out_size: int, w_init: Init = None, w_sign=None, *, key=None,
-                 name: str | None = None):
-        super().__init__(name=name)
-        self.in_features, self.out_features = _as_int(in_size, "in_size"), _as_int(out_size, "out_size")
-        self.in_size, self.out_size = (self.in_features,), (self.out_features,)
-        shape = (self.in_features, self.out_features)
-        self.weight = brainstate.ParamState(init_array(_lecun if w_init is None else w_init, as_key(key), shape,
-                                                       "weight"))
-        if w_sign is not None:
-            try:
-                np.broadcast_shapes(np.shape(w_sign), shape)
-            except ValueError:
-                raise ArgumentError(f"SignedWLinear: 'w_sign' has shape {np.shape(w_sign)}, which does not "
-                                    f"broadcast to the weight's {shape}") from None
-        self.w_sign = None if w_sign is None else jnp.asarray(w_sign)
-
-    def _signed(self, w):
-        return u.math.abs(w) if self.w_sign is None else u.math.abs(w) * self.w_sign
-
-    def update(self, x):
-        """``x`` ``(I,)`` or ``(B, I)`` -> ``(O,)`` / ``(B, O)``."""
-        return ops.matmul(x, self.weight.value, weight_fn=self._signed)
-
-
-class ScaledWSLinear(brainstate.nn.Module):
-    r"""Linear layer with weight standardisation (Qiao et al. 2019), braintrace's ``ScaledWSLinear``.
-
-    .. math::
-
-        \hat W_{:, o} = \frac{W_{:, o} - \mathrm{mean}_i W_{i, o}}
-                             {\sqrt{\max(I \cdot \mathrm{var}_i W_{i, o}, \epsilon)}} \odot M_{:, o},
-        \qquad y = g \odot (x\, \hat W) + b
-
-    The standardisation runs inside `etprop.matmul` as its ``weight_fn`` (each output column is
-    standardised over its inputs, so every raw element still drives one output position and
-    D-RTRL keeps its per-parameter trace of the raw ``W``); the gain ``g`` (``ws_gain``) and the
-    bias go through `etprop.element_wise`, so they are traced too.
-
-    Args:
-      in_size, out_size: ``I`` and ``O``.
-      w_init, b_init: initialisers (see the module doc); ``b_init=None`` gives a zero bias.
-      w_mask: optional ``(I, O)`` (or broadcastable) connectivity mask, applied after the
-        standardisation.
-      ws_gain: whether to learn the gain ``g`` ``(O,)`` (starts at 1).
-      eps: :math:`\epsilon`.
-    """
-
-    def __init__(self, in_size: int, out_size: int, w_init: Init = None, b_init: Init = None, w_mask=None,
-                 ws_gain: bool = True, eps: float = 1e-4, *, key=None, name: str | None = None):
-        super().__init__(name=name)
-        self.in_features, self.out_features = _as_int(in_size, "in_size"), _as_int(out_size, "out_size")
-        self.in_size, self.out_size = (self.in_features,), (self.out_features,)
-        shape = (self.in_features, self.out_features)
-        k_w, k_b = _keys(key, 2)
-        self.weight = brainstate.ParamState(init_array(_lecun if w_init is None else w_init, k_w, shape, "weight"))
-        self.bias = brainstate.ParamState(init_array(_bias_init(b_init, self.weight.value), k_b,
-                                                     (self.out_features,), "bias"))
-        self.gain = brainstate.ParamState(jnp.ones((self.out_features,), default_float())) if ws_gain else None
-        if not eps > 0:
-            raise ArgumentError(f"ScaledWSLinear: eps must be > 0, got {eps!r}")
-        self.eps = float(eps)
-        self.w_mask = None if w_mask is None else jnp.asarray(w_mask)
-
-    def _standardise(self, w):
-        mean = u.math.mean(w, axis=0, keepdims=True)
-        var = u.math.var(w, axis=0, keepdims=True)
-        m = u.get_mantissa(var) * self.in_features
-        scale = jax.lax.rsqrt(jnp.maximum(m, self.eps))
-        w_hat = (w - mean) * scale
-        return w_hat if self.w_mask is None else w_hat * self.w_mask
-
-    def update(self, x):
-        """``x`` ``(I,)`` or ``(B, I)`` -> ``(O,)`` / ``(B, O)``."""
-        y = ops.matmul(x, self.weight.value, weight_fn=self._standardise)
-        if self.gain is not None:
-            y = y * ops.element_wise(self.gain.value)
-        return y + ops.element_wise(self.bias.value)
 
 
 # -- SparseLinear ----------------------------------------------------------------------------------
@@ -386,7 +212,7 @@ class SparseLinear(brainstate.nn.Module):
         self.in_features, self.out_features = shape
         self.in_size, self.out_size = (shape[0],), (shape[1],)
         self.nse = nse
-        k_w, k_b = _keys(key, 2)
+        k_w, k_b = split_keys(key, 2)
         if w_init is None:
             if data is not None:
                 w_init = data
@@ -394,7 +220,7 @@ class SparseLinear(brainstate.nn.Module):
                 std = 1.0 / math.sqrt(max(1.0, nse / shape[1]))
                 w_init = jax.nn.initializers.normal(std)
         self.weight = brainstate.ParamState(init_array(w_init, k_w, (nse,), "weight"))
-        self.bias = _maybe_param(bias, _bias_init(b_init, self.weight.value), k_b, (shape[1],), "bias")
+        self.bias = maybe_param(bias, bias_init(b_init, self.weight.value), k_b, (shape[1],), "bias")
         self.structure = jsparse.BCOO((jnp.zeros((nse,), jnp.float32), indices), shape=shape)
 
     def todense(self) -> jax.Array:
@@ -403,7 +229,7 @@ class SparseLinear(brainstate.nn.Module):
 
     def update(self, x):
         """``x``: ``(I,)`` or ``(B, I)`` -> ``(O,)`` or ``(B, O)``."""
-        return ops.sparse_matmul(x, self.weight.value, sparse_mat=self.structure, bias=_value(self.bias))
+        return ops.sparse_matmul(x, self.weight.value, sparse_mat=self.structure, bias=value_of(self.bias))
 
 
 # -- LoRA ------------------------------------------------------------------------------------------
@@ -447,118 +273,22 @@ class LoRA(brainstate.nn.Module):
             raise ArgumentError("LoRA(base_module=...) is not supported: add the frozen base's output yourself, "
                                 "e.g. base(x) + lora(x) with the base's weights outside ETP operators")
         super().__init__(name=name)
-        self.in_features = _as_int(in_size, "in_size")
-        self.out_features = _as_int(out_size, "out_size")
-        self.rank = _as_int(rank, "rank")
+        self.in_features = positive_int(in_size, "in_size")
+        self.out_features = positive_int(out_size, "out_size")
+        self.rank = positive_int(rank, "rank")
         self.in_size, self.out_size = (self.in_features,), (self.out_features,)
         self.alpha = float(alpha)
-        k_b, k_a, k_bias = _keys(key, 3)
-        self.B = brainstate.ParamState(init_array(_lecun if b_init is None else b_init, k_b,
+        k_b, k_a, k_bias = split_keys(key, 3)
+        self.B = brainstate.ParamState(init_array(LECUN if b_init is None else b_init, k_b,
                                                   (self.in_features, self.rank), "B"))
-        self.A = brainstate.ParamState(init_array(_lecun if a_init is None else a_init, k_a,
+        self.A = brainstate.ParamState(init_array(LECUN if a_init is None else a_init, k_a,
                                                   (self.rank, self.out_features), "A"))
-        self.bias = _maybe_param(bias, _zeros if bias_init is None else bias_init, k_bias,
+        self.bias = maybe_param(bias, ZEROS if bias_init is None else bias_init, k_bias,
                                  (self.out_features,), "bias")
 
     def update(self, x):
         """``x``: ``(I,)`` or ``(B, I)`` -> ``(O,)`` or ``(B, O)``."""
-        return ops.lora_matmul(x, self.B.value, self.A.value, alpha=self.alpha, bias=_value(self.bias))
-
-
-# -- convolutions ----------------------------------------------------------------------------------
-
-def _ntuple(v, n: int, name: str) -> tuple[int, ...]:
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        v = (int(v),) * n
-    v = tuple(v)
-    if len(v) != n or not all(isinstance(i, (int, np.integer)) and i >= 1 for i in v):
-        raise ArgumentError(f"'{name}' must be a positive int or {n} positive ints, got {v!r}")
-    return tuple(int(i) for i in v)
-
-
-@accepts_keywords({"in_size": "in_channels"})
-class _ConvNd(brainstate.nn.Module):
-    num_spatial = 0
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding="SAME",
-                 dilation=1, groups: int = 1, bias: bool = True, *, w_init: Init = None, b_init: Init = None,
-                 key=None, name: str | None = None, channel_first: bool = False):
-        super().__init__(name=name)
-        n = self.num_spatial
-        if channel_first:
-            raise ArgumentError(f"{type(self).__name__}: channel_first=True is not supported; etprop's convolutions "
-                                f"are channels last, (..., *spatial, channels)")
-        if isinstance(in_channels, (tuple, list)):  # braintrace's in_size: the input shape, channels last
-            if len(in_channels) not in (1, n + 1):
-                raise ArgumentError(f"{type(self).__name__}: in_size {tuple(in_channels)} must be (channels,) or "
-                                    f"({', '.join(['length'] * n)}, channels)")
-            in_channels = in_channels[-1]
-        self.in_channels = _as_int(in_channels, "in_channels")
-        self.out_channels = _as_int(out_channels, "out_channels")
-        self.groups = _as_int(groups, "groups")
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ArgumentError(f"{type(self).__name__}: in_channels={in_channels} and out_channels="
-                                f"{out_channels} must both be divisible by groups={groups}")
-        self.kernel_size = _ntuple(kernel_size, n, "kernel_size")
-        self.stride = _ntuple(stride, n, "stride")
-        self.dilation = _ntuple(dilation, n, "dilation")
-        self.padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
-        shape = self.kernel_size + (self.in_channels // self.groups, self.out_channels)
-        k_w, k_b = _keys(key, 2)
-        self.weight = brainstate.ParamState(init_array(_lecun if w_init is None else w_init, k_w, shape, "weight"))
-        self.bias = _maybe_param(bias, _bias_init(b_init, self.weight.value), k_b, (self.out_channels,), "bias")
-
-    def update(self, x):
-        """``x``: ``(*spatial, C_in)`` or ``(B, *spatial, C_in)`` (channels last)."""
-        return ops.conv(x, self.weight.value, _value(self.bias), strides=self.stride, padding=self.padding,
-                           rhs_dilation=self.dilation, feature_group_count=self.groups)
-
-
-_CONV_DOC = r"""{n}-D convolution, channels last, through `etprop.conv`.
-
-    .. math::
-
-        y[p, o] = \sum_{{k, c}} x[s\,p + d\,k, c]\; W[k, c, o] + b[o]
-
-    (``s`` stride, ``d`` dilation, ``k`` over the window; ``groups`` splits the channels
-    into independent blocks.)
-
-    Args:
-      in_channels, out_channels: ``C_in`` and ``C_out`` (both divisible by ``groups``).
-      kernel_size: int or {n} ints.
-      stride, dilation: int or {n} ints.
-      padding: ``'SAME'``, ``'VALID'``, ``'SAME_LOWER'`` or {n} ``(low, high)`` pairs.
-      groups: feature groups.
-      bias: learn a bias ``(C_out,)``.
-      w_init: initial kernel ``(*kernel_size, C_in / groups, C_out)``, default LeCun normal
-        (std ``1/sqrt(fan_in)``, fan_in = window size x ``C_in / groups``).
-      b_init: initial bias, default zeros.
-      key: seed or PRNG key.
-
-    Shapes: ``x`` is ``{x}`` or with a leading batch axis; ``y`` likewise with ``C_out``.
-
-    States: none. Parameters: ``weight`` (the kernel), ``bias``.
-
-    Online learning: a kernel element (and a bias element) drives every output position of
-    its channel, so neither has a per-parameter trace: when the output drives a hidden
-    state of the same shape, both are traced with the factorised (ES-D-RTRL) trace under
-    every algorithm, D-RTRL included.
-    """
-
-
-class Conv1d(_ConvNd):
-    __doc__ = _CONV_DOC.format(n=1, x="(W, C_in)")
-    num_spatial = 1
-
-
-class Conv2d(_ConvNd):
-    __doc__ = _CONV_DOC.format(n=2, x="(H, W, C_in)")
-    num_spatial = 2
-
-
-class Conv3d(_ConvNd):
-    __doc__ = _CONV_DOC.format(n=3, x="(D, H, W, C_in)")
-    num_spatial = 3
+        return ops.lora_matmul(x, self.B.value, self.A.value, alpha=self.alpha, bias=value_of(self.bias))
 
 
 # -- Embedding -------------------------------------------------------------------------------------
@@ -585,8 +315,8 @@ class Embedding(brainstate.nn.Module):
     def __init__(self, num_embeddings: int, features: int, *, w_init: Init = None, key=None,
                  name: str | None = None):
         super().__init__(name=name)
-        self.num_embeddings = _as_int(num_embeddings, "num_embeddings")
-        self.features = _as_int(features, "features")
+        self.num_embeddings = positive_int(num_embeddings, "num_embeddings")
+        self.features = positive_int(features, "features")
         self.out_size = (self.features,)
         init = jax.nn.initializers.normal(1.0) if w_init is None else w_init
         self.weight = brainstate.ParamState(init_array(init, as_key(key), (self.num_embeddings, self.features),
@@ -625,17 +355,17 @@ class GroupedLinear(brainstate.nn.Module):
     def __init__(self, num_groups: int, in_size: int, out_size: int, bias: bool = True, *,
                  w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
         super().__init__(name=name)
-        self.num_groups = _as_int(num_groups, "num_groups")
-        self.in_features = _as_int(in_size, "in_size")
-        self.out_features = _as_int(out_size, "out_size")
+        self.num_groups = positive_int(num_groups, "num_groups")
+        self.in_features = positive_int(in_size, "in_size")
+        self.out_features = positive_int(out_size, "out_size")
         self.in_size = (self.num_groups, self.in_features)
         self.out_size = (self.num_groups, self.out_features)
-        k_w, k_b = _keys(key, 2)
+        k_w, k_b = split_keys(key, 2)
         init = jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,)) if w_init is None \
             else w_init
         self.weight = brainstate.ParamState(init_array(init, k_w, self.in_size[:1] + (self.in_features,
                                                                                     self.out_features), "weight"))
-        self.bias = _maybe_param(bias, _bias_init(b_init, self.weight.value), k_b, self.out_size, "bias")
+        self.bias = maybe_param(bias, bias_init(b_init, self.weight.value), k_b, self.out_size, "bias")
 
     def update(self, x):
-        return ops.grouped_matmul(x, self.weight.value, _value(self.bias))
+        return ops.grouped_matmul(x, self.weight.value, value_of(self.bias))

@@ -57,17 +57,18 @@ import jax.numpy as jnp
 from etprop import operators as ops
 from etprop.errors import ArgumentError
 from etprop.nn.compat import accepts_keywords
-from etprop.nn.linear import Init, Linear, _as_int, _keys, default_float, init_array
+from etprop.nn.initializers import Init, default_float, init_array, positive_int, split_keys
+from etprop.nn.linear import Linear
 
 __all__ = ["RNNCell", "VanillaRNNCell", "GRUCell", "MGUCell", "LSTMCell", "MinimalRNNCell", "MiniGRU",
-           "MiniLSTM", "CFNCell", "URLSTMCell", "LRUCell"]
+           "LRUCell"]
 
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "gelu": jax.nn.gelu,
                 "silu": jax.nn.silu, "elu": jax.nn.elu, "softplus": jax.nn.softplus,
                 "identity": lambda x: x}
 
 
-def _activation(act) -> Callable:
+def activation_fn(act) -> Callable:
     if act is None:
         return _ACTIVATIONS["identity"]
     if callable(act):
@@ -87,9 +88,9 @@ class RNNCell(brainstate.nn.Module):
 
     def __init__(self, num_in: int, num_out: int, state_size: int | None = None, name: str | None = None):
         super().__init__(name=name)
-        self.num_in = _as_int(num_in, "num_in")
-        self.num_out = _as_int(num_out, "num_out")
-        self.state_size = self.num_out if state_size is None else _as_int(state_size, "state_size")
+        self.num_in = positive_int(num_in, "num_in")
+        self.num_out = positive_int(num_out, "num_out")
+        self.state_size = self.num_out if state_size is None else positive_int(state_size, "state_size")
         self.in_size, self.out_size = (self.num_in,), (self.num_out,)
         self.init_state()
 
@@ -111,14 +112,14 @@ class RNNCell(brainstate.nn.Module):
             getattr(self, n).value = self._zeros(batch_size)
 
 
-def _gates(names, n_in, n_out, w_init, b_init, key, b_inits=None):
-    keys = _keys(key, len(names))
+def make_gates(names, n_in, n_out, w_init, b_init, key, b_inits=None):
+    keys = split_keys(key, len(names))
     b_inits = b_inits or {}
     return {nm: Linear(n_in, n_out, w_init=w_init, b_init=b_inits.get(nm, b_init), key=k)
             for nm, k in zip(names, keys)}
 
 
-def _cat(x, h):
+def concat_xh(x, h):
     return jnp.concatenate([x, h], axis=-1)
 
 
@@ -146,11 +147,11 @@ class VanillaRNNCell(RNNCell):
     def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
                  w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
         super().__init__(num_in, num_out, name=name)
-        self.activation = _activation(activation)
+        self.activation = activation_fn(activation)
         self.W = Linear(num_in + num_out, num_out, w_init=w_init, b_init=b_init, key=key)
 
     def update(self, x):
-        self.h.value = self.activation(self.W(_cat(x, self.h.value)))
+        self.h.value = self.activation(self.W(concat_xh(x, self.h.value)))
         return self.h.value
 
 
@@ -179,16 +180,16 @@ class GRUCell(RNNCell):
     def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
                  w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
         super().__init__(num_in, num_out, name=name)
-        self.activation = _activation(activation)
-        g = _gates(("z", "r", "h"), num_in + num_out, num_out, w_init, b_init, key)
+        self.activation = activation_fn(activation)
+        g = make_gates(("z", "r", "h"), num_in + num_out, num_out, w_init, b_init, key)
         self.Wz, self.Wr, self.Wh = g["z"], g["r"], g["h"]
 
     def update(self, x):
         h = self.h.value
-        xh = _cat(x, h)
+        xh = concat_xh(x, h)
         z = jax.nn.sigmoid(self.Wz(xh))
         r = jax.nn.sigmoid(self.Wr(xh))
-        cand = self.activation(self.Wh(_cat(x, r * h)))
+        cand = self.activation(self.Wh(concat_xh(x, r * h)))
         self.h.value = (1.0 - z) * h + z * cand
         return self.h.value
 
@@ -215,14 +216,14 @@ class MGUCell(RNNCell):
     def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
                  w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
         super().__init__(num_in, num_out, name=name)
-        self.activation = _activation(activation)
-        g = _gates(("f", "h"), num_in + num_out, num_out, w_init, b_init, key)
+        self.activation = activation_fn(activation)
+        g = make_gates(("f", "h"), num_in + num_out, num_out, w_init, b_init, key)
         self.Wf, self.Wh = g["f"], g["h"]
 
     def update(self, x):
         h = self.h.value
-        f = jax.nn.sigmoid(self.Wf(_cat(x, h)))
-        cand = self.activation(self.Wh(_cat(x, f * h)))
+        f = jax.nn.sigmoid(self.Wf(concat_xh(x, h)))
+        cand = self.activation(self.Wh(concat_xh(x, f * h)))
         self.h.value = (1.0 - f) * h + f * cand
         return self.h.value
 
@@ -257,13 +258,13 @@ class LSTMCell(RNNCell):
     def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", forget_bias: float = 1.0,
                  *, w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
         super().__init__(num_in, num_out, name=name)
-        self.activation = _activation(activation)
+        self.activation = activation_fn(activation)
         fb = jax.nn.initializers.constant(forget_bias) if b_init is None else b_init
-        g = _gates(("i", "f", "g", "o"), num_in + num_out, num_out, w_init, b_init, key, b_inits={"f": fb})
+        g = make_gates(("i", "f", "g", "o"), num_in + num_out, num_out, w_init, b_init, key, b_inits={"f": fb})
         self.Wi, self.Wf, self.Wg, self.Wo = g["i"], g["f"], g["g"], g["o"]
 
     def update(self, x):
-        xh = _cat(x, self.h.value)
+        xh = concat_xh(x, self.h.value)
         i = jax.nn.sigmoid(self.Wi(xh))
         f = jax.nn.sigmoid(self.Wf(xh))
         g = self.activation(self.Wg(xh))
@@ -297,15 +298,15 @@ class MinimalRNNCell(RNNCell):
     def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
                  w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
         super().__init__(num_in, num_out, name=name)
-        self.activation = _activation(activation)
-        kx, ku = _keys(key, 2)
+        self.activation = activation_fn(activation)
+        kx, ku = split_keys(key, 2)
         self.Wx = Linear(num_in, num_out, w_init=w_init, b_init=b_init, key=kx)
         self.Wu = Linear(2 * num_out, num_out, w_init=w_init, b_init=b_init, key=ku)
 
     def update(self, x):
         h = self.h.value
         z = self.activation(self.Wx(x))
-        u = jax.nn.sigmoid(self.Wu(_cat(z, h)))
+        u = jax.nn.sigmoid(self.Wu(concat_xh(z, h)))
         self.h.value = u * h + (1.0 - u) * z
         return self.h.value
 
@@ -335,130 +336,14 @@ class MiniGRU(RNNCell):
     def __init__(self, num_in: int, num_out: int, activation: str | Callable | None = None, *,
                  w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
         super().__init__(num_in, num_out, name=name)
-        self.activation = _activation(activation)
-        g = _gates(("z", "h"), num_in, num_out, w_init, b_init, key)
+        self.activation = activation_fn(activation)
+        g = make_gates(("z", "h"), num_in, num_out, w_init, b_init, key)
         self.Wz, self.Wh = g["z"], g["h"]
 
     def update(self, x):
         z = jax.nn.sigmoid(self.Wz(x))
         cand = self.activation(self.Wh(x))
         self.h.value = (1.0 - z) * self.h.value + z * cand
-        return self.h.value
-
-
-@accepts_keywords({"in_size": "num_in", "out_size": "num_out"}, state_init=True)
-class MiniLSTM(RNNCell):
-    r"""minLSTM-style cell: forget and input gates on ``[x, h]``, a linear candidate of ``x``.
-
-    .. math::
-
-        f_t &= \sigma([x_t, h_{t-1}]\, W_f + b_f) \qquad
-        i_t = \sigma([x_t, h_{t-1}]\, W_i + b_i) \\
-        h_t &= f_t \odot h_{t-1} + i_t \odot (x_t\, W_x + b_x)
-
-    States: ``h`` ``(num_out,)``. Parameters: ``Wf``, ``Wi``, ``Wx``. Returns ``h_t``.
-
-    Online learning: all three traced; the diagonal Jacobian is :math:`f_t`, the recurrence
-    through the gates' input ``[x, h]`` is dropped (D-RTRL approximates BPTT).
-    """
-
-    def __init__(self, num_in: int, num_out: int, *, w_init: Init = None, b_init: Init = None, key=None,
-                 name: str | None = None):
-        super().__init__(num_in, num_out, name=name)
-        k1, k2 = _keys(key, 2)
-        g = _gates(("f", "i"), num_in + num_out, num_out, w_init, b_init, k1)
-        self.Wf, self.Wi = g["f"], g["i"]
-        self.Wx = Linear(num_in, num_out, w_init=w_init, b_init=b_init, key=k2)
-
-    def update(self, x):
-        xh = _cat(x, self.h.value)
-        f = jax.nn.sigmoid(self.Wf(xh))
-        i = jax.nn.sigmoid(self.Wi(xh))
-        self.h.value = f * self.h.value + i * self.Wx(x)
-        return self.h.value
-
-
-@accepts_keywords({"in_size": "num_in", "out_size": "num_out"}, state_init=True)
-class CFNCell(RNNCell):
-    r"""Chaos-free network cell (Laurent & von Brecht 2017, "A recurrent neural network without chaos").
-
-    .. math::
-
-        \theta_t &= \sigma([x_t, h_{t-1}]\, W_\theta + b_\theta) \qquad
-        \eta_t = \sigma([x_t, h_{t-1}]\, W_\eta + b_\eta) \\
-        h_t &= \theta_t \odot \phi(h_{t-1}) + \eta_t \odot \phi(x_t\, W_h + b_h)
-
-    States: ``h`` ``(num_out,)``. Parameters: ``Wf`` (:math:`W_\theta`), ``Wi``
-    (:math:`W_\eta`), ``Wh``. Returns ``h_t``.
-
-    Online learning: all three traced; the diagonal Jacobian is
-    :math:`\theta_t \phi'(h_{t-1})`, the recurrence through the gates' input is dropped.
-    """
-
-    def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
-                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
-        super().__init__(num_in, num_out, name=name)
-        self.activation = _activation(activation)
-        k1, k2 = _keys(key, 2)
-        g = _gates(("f", "i"), num_in + num_out, num_out, w_init, b_init, k1)
-        self.Wf, self.Wi = g["f"], g["i"]
-        self.Wh = Linear(num_in, num_out, w_init=w_init, b_init=b_init, key=k2)
-
-    def update(self, x):
-        h = self.h.value
-        xh = _cat(x, h)
-        theta = jax.nn.sigmoid(self.Wf(xh))
-        eta = jax.nn.sigmoid(self.Wi(xh))
-        self.h.value = theta * self.activation(h) + eta * self.activation(self.Wh(x))
-        return self.h.value
-
-
-def _urlstm_bias(key, shape, dtype):
-    """The forget bias of Gu et al. (2020): ``b = -log(1 / u - 1)``, ``u ~ U(1/n, 1 - 1/n)``, so the
-    gates start spread over timescales."""
-    n = shape[-1]
-    uu = jax.random.uniform(key, shape, dtype, 1.0 / n, 1.0 - 1.0 / n)
-    return -jnp.log(1.0 / uu - 1.0)
-
-
-@accepts_keywords({"in_size": "num_in", "out_size": "num_out"}, state_init=True)
-class URLSTMCell(RNNCell):
-    r"""LSTM with the uniform-refine gates of Gu et al. (2020, "Improving the gating mechanism of RNNs").
-
-    .. math::
-
-        f_t &= \sigma([x_t, h_{t-1}]\, W_f + b) \qquad r_t = \sigma([x_t, h_{t-1}]\, W_r - b) \\
-        g_t &= 2 r_t f_t + (1 - 2 r_t) f_t^2 \\
-        c_t &= g_t \odot c_{t-1} + (1 - g_t) \odot \phi([x_t, h_{t-1}]\, W_u) \\
-        h_t &= \sigma([x_t, h_{t-1}]\, W_o) \odot \phi(c_t)
-
-    ``b`` (``forget_bias``, trainable, through `etprop.element_wise`) starts as
-    ``-log(1/u - 1)``, ``u ~ U(1/n, 1 - 1/n)``: gates spread over timescales.
-
-    States: ``h``, ``c`` (``S = 2`` per unit). Parameters: ``Wf``, ``Wr``, ``Wu``, ``Wo``
-    (no biases) and ``forget_bias``. Returns ``h_t``.
-    """
-
-    state_names = ("h", "c")
-
-    def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
-                 w_init: Init = None, key=None, name: str | None = None):
-        super().__init__(num_in, num_out, name=name)
-        self.activation = _activation(activation)
-        keys = _keys(key, 5)
-        self.Wf, self.Wr, self.Wu, self.Wo = (Linear(num_in + num_out, num_out, bias=False, w_init=w_init, key=k)
-                                              for k in keys[:4])
-        self.forget_bias = brainstate.ParamState(init_array(_urlstm_bias, keys[4], (num_out,), "forget_bias"))
-
-    def update(self, x):
-        xh = _cat(x, self.h.value)
-        b = ops.element_wise(self.forget_bias.value)
-        f = jax.nn.sigmoid(self.Wf(xh) + b)
-        r = jax.nn.sigmoid(self.Wr(xh) - b)
-        g = 2.0 * r * f + (1.0 - 2.0 * r) * f ** 2
-        c = g * self.c.value + (1.0 - g) * self.activation(self.Wu(xh))
-        self.c.value = c
-        self.h.value = jax.nn.sigmoid(self.Wo(xh)) * self.activation(c)
         return self.h.value
 
 
@@ -527,7 +412,7 @@ class LRUCell(RNNCell):
         self.num_hidden = self.state_size
         N, H = self.num_hidden, self.num_in
         dt = default_float()
-        k = _keys(key, 7)
+        k = split_keys(key, 7)
         u1 = jax.random.uniform(k[0], (N,), dt)
         u2 = jax.random.uniform(k[1], (N,), dt)
         nu_log = jnp.log(-0.5 * jnp.log(jnp.maximum(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2, 1e-12)))
