@@ -38,7 +38,7 @@ from etprop.algorithms.chunked import make_chunk
 from etprop.algorithms.sequence import REDUCTIONS, check_chunk_size, step_fn_evolve, step_fn_grad
 from etprop.algorithms.vjp import batch_sum, online_custom_vjp, sum_terms, tree_sum0
 from etprop.fncache import LRUCache, split as split_fn
-from etprop.graph._jaxpr import bind_eqn
+from etprop.graph import executor
 from etprop.graph.compiler import ETraceGraph, Relation, compile_graph
 from etprop.input_data import MultiStepData, SingleStepData
 from etprop.trace_state import EligibilityTrace
@@ -197,7 +197,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
     def param_vjp(self, rel: Relation, operands, cotangent, x_override=None):
         """Per-sample pullback of the ETP equation w.r.t. the relation's parameter operand."""
-        eqn = self.graph.closed.jaxpr.eqns[rel.eqn_index]
+        g, idx = self.graph, rel.eqn_index
         pos = self._operand_pos(rel)
         ops = list(operands)
         if x_override is not None:
@@ -207,10 +207,10 @@ class OnlineAlgorithm(brainstate.nn.Module):
         def f(p):
             o = list(ops)
             o[pos] = p
-            return bind_eqn(eqn, o)[0]
+            return executor.bind_etp(g, idx, o)
 
         _, pull = jax.vjp(f, ops[pos])
-        return pull(cotangent.astype(eqn.outvars[0].aval.dtype))[0]
+        return pull(cotangent.astype(executor.output_aval(g, idx).dtype))[0]
 
     def bsum(self, x):
         """Sum over the batch axis (a no-op without ``batch_size``)."""
@@ -237,7 +237,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
         """Pullback w.r.t. the relation's parameter, summed over a leading axis of size ``n``
         carried by the per-sample operands, the cotangent and ``x_override`` (shared
         operands have none). For matmul this is one ``(I x n)(n x O)`` product."""
-        eqn = self.graph.closed.jaxpr.eqns[rel.eqn_index]
+        g, idx = self.graph, rel.eqn_index
         pos = self._operand_pos(rel)
         per = self.graph.etp_operand_per_sample[rel.eqn_index]
         ops = list(operands)
@@ -251,11 +251,11 @@ class OnlineAlgorithm(brainstate.nn.Module):
             def one(*o):
                 o = list(o)
                 o[pos] = pv
-                return bind_eqn(eqn, o)[0]
+                return executor.bind_etp(g, idx, o)
             return jax.vmap(one, in_axes=axes, axis_size=n)(*ops)
 
         _, pull = jax.vjp(f, ops[pos])
-        return pull(cotangent.astype(eqn.outvars[0].aval.dtype))[0]
+        return pull(cotangent.astype(executor.output_aval(g, idx).dtype))[0]
 
     def expand(self, rel: Relation, operands, v):
         """Broadcast a per-position array of the relation's group to its parameter's shape."""
@@ -316,7 +316,6 @@ class OnlineAlgorithm(brainstate.nn.Module):
         etp_ids = sorted(g.etp_eqns)
         rel_eqns = sorted({r.eqn_index for r in g.relations})
         ps = g.etp_operand_per_sample
-        eqns = g.closed.jaxpr.eqns
 
         def split(rec):
             shared = {i: [None if ps[i][j] else v for j, v in enumerate(rec[i])] for i in rel_eqns}
@@ -335,8 +334,7 @@ class OnlineAlgorithm(brainstate.nn.Module):
             shared, per = split(rec)
             return (list(hn), list(on), tr2, shared), (outs, per)
 
-        shared0 = {i: [None if ps[i][j] else jnp.zeros(v.aval.shape, v.aval.dtype)
-                       for j, v in enumerate(eqns[i].invars)] for i in rel_eqns}
+        shared0 = {i: executor.zero_operands(g, i, [not b for b in ps[i]]) for i in rel_eqns}
         (h, o, tr, shared), (outs, per) = jax.lax.scan(
             body, (list(h_leaves), list(o_leaves), traces, shared0), args_seq)
         per0 = jax.tree.map(lambda a: a[0], per)

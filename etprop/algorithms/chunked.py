@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from etprop.algorithms.vjp import online_custom_vjp, sum_terms
+from etprop.graph import executor
 
 __all__ = ["make_chunk"]
 
@@ -43,7 +44,6 @@ def make_chunk(algo):
     rel_eqns = sorted({r.eqn_index for r in rels})
     etp_ids = sorted(g.etp_eqns)
     ps = g.etp_operand_per_sample
-    eqns = g.closed.jaxpr.eqns
 
     def sample_fwd(p, h, o, tr, a_seq):
         def body(carry, a):
@@ -62,8 +62,7 @@ def make_chunk(algo):
             per = {i: [v if ps[i][j] else None for j, v in enumerate(rec[i])] for i in rel_eqns}
             return (list(hn), list(on), new, count + 1.0, shared), (outs, list(hh), list(oo), recs, per)
 
-        shared0 = {i: [None if ps[i][j] else jnp.zeros(v.aval.shape, v.aval.dtype)
-                       for j, v in enumerate(eqns[i].invars)] for i in rel_eqns}
+        shared0 = {i: executor.zero_operands(g, i, [not b for b in ps[i]]) for i in rel_eqns}
         init = (list(h), list(o), list(tr["rel"]), tr["count"], shared0)
         (hK, oK, trs, count, shared), (outs, hs, os, recs, per) = jax.lax.scan(body, init, a_seq)
         new_rel = []

@@ -56,51 +56,16 @@ import numpy as np
 from etprop.algorithms.etrace import _TraceRules
 from etprop.algorithms.vjp import sum_terms
 from etprop.errors import ArgumentError
-from etprop.graph import _jaxpr
-from etprop.graph.compiler import Relation, deps_of_in
+from etprop.graph import executor
+from etprop.graph.compiler import Relation
 
 __all__ = ["EProp"]
-
-# primitives that are linear in an operand carrying the readout weight (with the other
-# operands independent of it): random feedback is exact through these
-_LINEAR = {"add", "add_any", "sub", "neg", "mul", "dot_general", "reshape", "broadcast_in_dim", "transpose",
-           "squeeze", "expand_dims", "reduce_sum", "convert_element_type", "copy", "copy_p", "concatenate",
-           "slice", "dynamic_slice", "pad", "rev", "select_n", "div"}
-_BILINEAR = {"mul", "dot_general"}  # at most one operand may carry the weight
-
 
 def _check_kappa(kappa) -> float:
     if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not 0.0 <= float(kappa) < 1.0:
         raise ArgumentError(f"EProp: kappa (trace low-pass factor) must be a float in [0, 1), got {kappa!r}; "
                             f"use 0.0 for no filter")
     return float(kappa)
-
-
-def _nonlinear_use(jaxpr, carrying: set) -> str | None:
-    """The first primitive through which vars in ``carrying`` reach an output non-linearly
-    (None if every use is linear in them)."""
-    carrying = set(carrying)
-    for eqn in jaxpr.eqns:
-        hits = [j for j, v in enumerate(eqn.invars) if not isinstance(v, _jaxpr.jcore.Literal) and v in carrying]
-        if not hits:
-            continue
-        name = eqn.primitive.name
-        if name in ("jit", "pjit", "closed_call"):
-            inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
-            inner = getattr(inner, "jaxpr", inner)
-            bad = _nonlinear_use(inner, {inner.invars[j] for j in hits})
-            if bad:
-                return bad
-        elif name not in _LINEAR:
-            return name
-        elif name in _BILINEAR and len(hits) > 1:
-            return f"{name} (weight times weight)"
-        elif name == "div" and hits != [0]:
-            return "div (weight in the denominator)"
-        elif name == "select_n" and 0 in hits:
-            return "select_n (weight in the predicate)"
-        carrying.update(eqn.outvars)
-    return None
 
 
 class EProp(_TraceRules):
@@ -178,12 +143,8 @@ class EProp(_TraceRules):
 
     def _find_readout(self) -> int:
         g = self.graph
-        jaxpr = g.closed.jaxpr
-        n_p, n_out = g.n_param_leaves, g.n_out
         names = g.param_leaf_names
-        pdep = _jaxpr.dependencies(jaxpr, {v: {i} for i, v in enumerate(jaxpr.invars[:n_p])})
-        reach_out = set().union(*[deps_of_in(pdep, v) for v in jaxpr.outvars[:n_out]])
-        reach_state = set().union(*[deps_of_in(pdep, v) for v in jaxpr.outvars[n_out:]])
+        reach_out, _, reach_state = executor.params_reaching(g)
         traced = set(g.traced_leaves)
         cands = [i for i in sorted(reach_out) if i not in reach_state and i not in traced]
         if self.readout is not None:
@@ -204,7 +165,7 @@ class EProp(_TraceRules):
                                     f"parameters that reach only the output: {[names[i] for i in cands]}. "
                                     f"Pass readout='name' (one of them) or use feedback='symmetric'")
             leaf = two_d[0]
-        bad = _nonlinear_use(jaxpr, {jaxpr.invars[leaf]})
+        bad = executor.param_enters_nonlinearly(g, leaf)
         if bad:
             raise ArgumentError(f"EProp(feedback='random'): the output depends on readout {names[leaf]!r} "
                                 f"non-linearly (through {bad}); random feedback replaces only the weight's "

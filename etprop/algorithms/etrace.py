@@ -30,6 +30,7 @@ import numpy as np
 from etprop.algorithms.base import OnlineAlgorithm, StepSignals
 from etprop.algorithms.vjp import sum_terms
 from etprop.errors import ArgumentError, NotSupportedError
+from etprop.graph import executor
 from etprop.graph.compiler import Relation
 
 __all__ = ["D_RTRL", "ParamDimVjpAlgorithm", "ES_D_RTRL", "IODimVjpAlgorithm", "pp_prop",
@@ -97,12 +98,11 @@ class _TraceRules(OnlineAlgorithm):
         if kind == "param":
             shape, dtype = self._param_shape(rel)
             return [jnp.zeros(shape, jnp.result_type(dtype, h_dtype)) for _ in range(S)]
-        eqn = self.graph.closed.jaxpr.eqns[rel.eqn_index]
-        y = eqn.outvars[0].aval
+        y = executor.output_aval(self.graph, rel.eqn_index)
         if rel.n_x > 1:
             raise NotSupportedError(f"{rel.leaf_name}: factorised traces need a single-array input x, "
                                     f"{rel.call.primitive.name} has {rel.n_x}")
-        ex = [jnp.zeros(v.aval.shape, v.aval.dtype) for v in eqn.invars[:rel.n_x]]
+        ex = [jnp.zeros(a.shape, a.dtype) for a in executor.operand_avals(self.graph, rel.eqn_index)[:rel.n_x]]
         return {"ex": ex, "ef": [jnp.zeros(y.shape, jnp.result_type(y.dtype, h_dtype)) for _ in range(S)]}
 
     def advance_relation(self, rel: Relation, kind: str, trace, sig: StepSignals, count):
@@ -214,10 +214,9 @@ class HybridDimVjpAlgorithm(_TraceRules):
         if not rel.diagonal:
             return "io"
         S = self.graph.groups[rel.group].num_states
-        eqn = self.graph.closed.jaxpr.eqns[rel.eqn_index]
         w = int(np.prod(self.graph.param_leaf_avals[rel.leaf].shape))
-        x = sum(int(np.prod(v.aval.shape)) for v in eqn.invars[:rel.n_x])
-        y = int(np.prod(eqn.outvars[0].aval.shape))
+        x = sum(int(np.prod(a.shape)) for a in executor.operand_avals(self.graph, rel.eqn_index)[:rel.n_x])
+        y = int(np.prod(executor.output_aval(self.graph, rel.eqn_index).shape))
         return "param" if rel.n_x == 0 or S * w <= x + S * y else "io"
 
     def describe_kind(self, rel, kind):

@@ -51,34 +51,10 @@ import numpy as np
 
 from etprop.algorithms.base import StepSignals
 from etprop.algorithms.etrace import _TraceRules
-from etprop.graph import _jaxpr
-from etprop.graph.compiler import Relation, deps_of_in
+from etprop.graph import executor
+from etprop.graph.compiler import Relation
 
 __all__ = ["OSTLRecurrent", "OSTLFeedforward"]
-
-
-def _groups_with_operator_recurrence(graph) -> tuple[int, ...]:
-    """Traced groups whose next state depends on their own previous state through an
-    operator input (a path D-RTRL's cut removes): some operator's ``x`` depends on a member
-    (all paths) and that operator's output reaches a member (operator inputs cut)."""
-    jaxpr = graph.closed.jaxpr
-    n_p, n_h, n_out = graph.n_param_leaves, graph.n_hidden, graph.n_out
-    src = {v: {("h", k)} for k, v in enumerate(jaxpr.invars[n_p:n_p + n_h])}
-    full = _jaxpr.dependencies(jaxpr, src)
-    src_y = dict(src)
-    src_y.update({idx: {("y", idx)} for idx in graph.etp_eqns})
-    cut = _jaxpr.dependencies(jaxpr, src_y, cut_x=graph.etp_n_x)
-    x_deps = {idx: set().union(*[deps_of_in(full, v) for v in jaxpr.eqns[idx].invars[:n_x]])
-              for idx, n_x in graph.etp_n_x.items()}
-    out = []
-    for grp in graph.groups:
-        if not any(r.group == grp.index for r in graph.relations):
-            continue
-        members = {("h", k) for k in grp.members}
-        reached = set().union(*[deps_of_in(cut, jaxpr.outvars[n_out + j]) for j in grp.members])
-        if any(("y", idx) in reached and x_deps[idx] & members for idx in graph.etp_eqns):
-            out.append(grp.index)
-    return tuple(out)
 
 
 class OSTLRecurrent(_TraceRules):
@@ -90,7 +66,7 @@ class OSTLRecurrent(_TraceRules):
 
     def compile_graph(self, *example_inputs, batch_size=None):
         super().compile_graph(*example_inputs, batch_size=batch_size)
-        self._rec_groups = _groups_with_operator_recurrence(self.graph)
+        self._rec_groups = executor.groups_with_operator_recurrence(self.graph)
         return self
 
     def relation_kind(self, rel: Relation) -> str:

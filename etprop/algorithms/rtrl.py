@@ -36,8 +36,7 @@ import numpy as np
 from etprop.algorithms.base import OnlineAlgorithm
 from etprop.algorithms.vjp import online_custom_vjp, tree_sum0
 from etprop.errors import ArgumentError, CompilationError
-from etprop.graph import _jaxpr
-from etprop.graph.compiler import deps_of_in
+from etprop.graph import executor
 
 __all__ = ["InfluenceAlgorithm", "RTRL", "SnAp"]
 
@@ -102,17 +101,12 @@ class InfluenceLayout:
 def influence_layout(graph) -> InfluenceLayout:
     """The parameters that structurally reach a hidden state (a jaxpr dependency walk:
     conservative, so a parameter is never dropped) and the hidden leaves, per sample."""
-    jaxpr = graph.closed.jaxpr
-    n_p, n_h, n_o = graph.n_param_leaves, graph.n_hidden, graph.n_out
-    pdep = _jaxpr.dependencies(jaxpr, {v: {i} for i, v in enumerate(jaxpr.invars[:n_p])})
-    reach = set()
-    for v in jaxpr.outvars[n_o:n_o + n_h]:
-        reach |= deps_of_in(pdep, v)
+    _, reach, _ = executor.params_reaching(graph)
     avals = graph.param_leaf_avals
     theta = tuple(sorted(i for i in reach if jnp.issubdtype(avals[i].dtype, jnp.floating)))
     if not theta:
         raise CompilationError("no trainable parameter reaches the hidden state: there is no influence to carry")
-    h_avals = [v.aval for v in jaxpr.invars[n_p:n_p + n_h]]
+    h_avals = executor.hidden_avals(graph)
     dtype = jnp.result_type(*[a.dtype for a in h_avals])
     return InfluenceLayout(tuple(tuple(a.shape) for a in h_avals), tuple(a.dtype for a in h_avals), theta,
                            tuple(tuple(avals[i].shape) for i in theta), tuple(avals[i].dtype for i in theta), dtype)

@@ -21,7 +21,7 @@ from jax.extend import core as jcore
 from etprop.primitive import lookup_call
 
 __all__ = ["bind_eqn", "eval_hooked", "etp_equations", "nested_etp_primitives", "dependencies",
-           "differentiable_while_loops"]
+           "differentiable_while_loops", "nonlinear_use"]
 
 
 def bind_eqn(eqn, invals):
@@ -172,3 +172,38 @@ def differentiable_while_loops(jaxpr: jcore.Jaxpr, sources) -> list[str]:
         for sub in _subjaxprs(eqn):
             nested(sub)
     return found
+
+
+# primitives that are linear in an operand carrying the readout weight (with the other
+# operands independent of it): random feedback is exact through these
+_LINEAR = {"add", "add_any", "sub", "neg", "mul", "dot_general", "reshape", "broadcast_in_dim", "transpose",
+           "squeeze", "expand_dims", "reduce_sum", "convert_element_type", "copy", "copy_p", "concatenate",
+           "slice", "dynamic_slice", "pad", "rev", "select_n", "div"}
+_BILINEAR = {"mul", "dot_general"}  # at most one operand may carry the weight
+
+
+def nonlinear_use(jaxpr, carrying: set) -> str | None:
+    """The first primitive through which vars in ``carrying`` reach an output non-linearly
+    (None if every use is linear in them)."""
+    carrying = set(carrying)
+    for eqn in jaxpr.eqns:
+        hits = [j for j, v in enumerate(eqn.invars) if not isinstance(v, jcore.Literal) and v in carrying]
+        if not hits:
+            continue
+        name = eqn.primitive.name
+        if name in ("jit", "pjit", "closed_call"):
+            inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+            inner = getattr(inner, "jaxpr", inner)
+            bad = nonlinear_use(inner, {inner.invars[j] for j in hits})
+            if bad:
+                return bad
+        elif name not in _LINEAR:
+            return name
+        elif name in _BILINEAR and len(hits) > 1:
+            return f"{name} (weight times weight)"
+        elif name == "div" and hits != [0]:
+            return "div (weight in the denominator)"
+        elif name == "select_n" and 0 in hits:
+            return "select_n (weight in the predicate)"
+        carrying.update(eqn.outvars)
+    return None
