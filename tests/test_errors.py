@@ -42,3 +42,27 @@ def test_all_exported():
         assert name in etprop.__all__
         assert name in errors.__all__
         assert getattr(etprop, name) is getattr(errors, name)
+
+
+def test_bad_sequences_are_library_errors_not_jax_tracebacks():
+    import brainstate
+    import jax.numpy as jnp
+
+    class Two(brainstate.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = brainstate.ParamState(jnp.ones((3, 2)))
+            self.h = brainstate.HiddenState(jnp.zeros(2))
+
+        def update(self, a, b):
+            self.h.value = 0.5 * self.h.value + etprop.matmul(a, self.w.value) + b
+            return self.h.value
+
+    learner = etprop.compile(Two(), "d_rtrl", jnp.ones(3), jnp.ones(2))
+    mse = lambda o, y: jnp.sum((o - y) ** 2)
+    with pytest.raises(etprop.ArgumentError, match=r"one leading time length, got leaves of lengths \[4, 5\]"):
+        learner.etrace_grad(etprop.MultiStepData(jnp.ones((5, 3)), jnp.ones((4, 2))), jnp.ones((5, 2)), mse)
+    with pytest.raises(etprop.ArgumentError, match=r"targets ys have shape \(4, 2\), but the inputs have 5 steps"):
+        learner.etrace_grad(etprop.MultiStepData(jnp.ones((5, 3)), jnp.ones((5, 2))), jnp.ones((4, 2)), mse)
+    with pytest.raises(etprop.OperandError, match=r"is 6, expected 4 \('x' \(2, 6\), 'weight' \(4, 3\)\)"):
+        etprop.matmul(jnp.ones((2, 6)), jnp.ones((4, 3)))

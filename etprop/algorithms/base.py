@@ -444,6 +444,11 @@ class OnlineAlgorithm(brainstate.nn.Module):
     def _check_args(self, args: tuple, multi: bool) -> None:
         leaves = jax.tree.leaves(args)
         tree = jax.tree.structure(args)
+        if multi:
+            lengths = sorted({np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}, key=str)
+            if len(lengths) > 1 or None in lengths:
+                raise ArgumentError(f"{type(self).__name__}: the input sequences need one leading time length, got "
+                                    f"leaves of lengths {lengths} (shapes {[tuple(np.shape(x)) for x in leaves]})")
         if tree != self._arg_tree:
             raise OperandError(f"{type(self).__name__}: inputs have structure {tree}, compiled for {self._arg_tree}")
         for i, (leaf, want, want_dt) in enumerate(zip(leaves, self._arg_shapes, self._arg_dtypes)):
@@ -620,6 +625,11 @@ class OnlineAlgorithm(brainstate.nn.Module):
 
     def _run_sequence(self, args, ys, step_loss, mask, *, window, chunk_size=None, return_out=False):
         T = jax.tree.leaves(args)[0].shape[0]
+        for path, leaf in jax.tree_util.tree_flatten_with_path(ys)[0]:
+            if np.shape(leaf)[:1] != (T,):
+                raise ArgumentError(f"the targets ys{jax.tree_util.keystr(path)} have shape {np.shape(leaf)}, but "
+                                    f"the inputs have {T} steps: give every target leaf a leading time axis of "
+                                    f"length {T}")
         if not isinstance(window, int) or window < 1:
             raise ArgumentError(f"window must be a positive int, got {window!r}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):

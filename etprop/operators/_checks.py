@@ -19,9 +19,11 @@ def check_rank(op: str, name: str, a, ranks: tuple[int, ...], expected: str) -> 
     return nd
 
 
-def check_dim(op: str, name: str, got: int, want: int, what: str) -> None:
+def check_dim(op: str, name: str, got: int, want: int, what: str, shapes: dict | None = None) -> None:
+    """``shapes``: ``{operand name: operand}`` whose shapes the message quotes."""
     if got != want:
-        raise OperandError(f"{op}: {what} of '{name}' is {got}, expected {want}")
+        ctx = "" if not shapes else " (" + ", ".join(f"'{k}' {shape_of(v)}" for k, v in shapes.items()) + ")"
+        raise OperandError(f"{op}: {what} of '{name}' is {got}, expected {want}{ctx}")
 
 
 def check_shape(op: str, name: str, a, want: tuple[int, ...]) -> None:

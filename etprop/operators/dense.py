@@ -39,7 +39,8 @@ def _matmul_validate(x, params, aux, config):
     C.check_rank("matmul", "weight", w, (2,), "(in, out)")
     C.check_numeric("matmul", "x", x)
     C.check_params_float("matmul", params)
-    C.check_dim("matmul", "x", C.shape_of(x)[-1], C.shape_of(w)[0], "last dimension (in)")
+    C.check_dim("matmul", "x", C.shape_of(x)[-1], C.shape_of(w)[0], "last dimension (in)",
+                shapes={"x": x, "weight": w})
     C.check_bias("matmul", params.get("bias"), C.shape_of(w)[1:])
 
 
