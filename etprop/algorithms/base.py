@@ -18,7 +18,8 @@ Backward, given the cotangent of the window's outputs:
 With ``K = 1`` this is the per-step online gradient. No cotangent flows into the
 window's initial hidden state, so consecutive calls never backpropagate through
 time: the traces carry that credit. The same function serves ``learner(x)`` under
-`brainstate.transform.grad` and the sequence driver `etrace_grad`.
+`brainstate.transform.grad` and the sequence drivers (`etprop.algorithms.drivers`, a mixin of
+`OnlineAlgorithm`: `etrace_grad`, `etrace_evolve`, `train_online`, `sequence_fn`).
 """
 
 from __future__ import annotations
@@ -33,17 +34,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.errors import ArgumentError, NotSupportedError, NumericalError, OperandError
+from etprop.errors import ArgumentError, NotSupportedError, OperandError
 from etprop.algorithms.chunked import make_chunk
-from etprop.algorithms.sequence import REDUCTIONS, check_chunk_size, step_fn_evolve, step_fn_grad
+from etprop.algorithms.drivers import SequenceDrivers, as_args
 from etprop.algorithms.vjp import batch_sum, online_custom_vjp, sum_terms, tree_sum0
-from etprop.fncache import LRUCache, split as split_fn
+from etprop.fncache import LRUCache
 from etprop.graph import executor
 from etprop.graph.compiler import ETraceGraph, Relation, compile_graph
 from etprop.input_data import MultiStepData, SingleStepData
 from etprop.trace_state import EligibilityTrace
 
-__all__ = ["OnlineAlgorithm", "StepSignals", "unflatten_out_seq", "as_args"]
+__all__ = ["OnlineAlgorithm", "StepSignals", "unflatten_out_seq"]
 
 
 @dataclasses.dataclass
@@ -59,7 +60,7 @@ def _mantissa(x):
     return u.get_mantissa(x)
 
 
-class OnlineAlgorithm(brainstate.nn.Module):
+class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
     """Base of the trace-based learners. Subclasses choose a trace kind per relation.
 
     Args:
@@ -501,321 +502,6 @@ class OnlineAlgorithm(brainstate.nn.Module):
         self._check_finite("step", args, grads, losses)
         return jax.tree.map(lambda a: a[0], out), grads, losses[0]
 
-    def etrace_grad(self, *sequences, step_fn: Callable | None = None, mask=None, chunk_size: int | None = None,
-                    weights=None, reduction: str | None = None, loss_output: str = "per_step",
-                    has_aux: bool = False, return_value: bool = False, step_loss: Callable | None = None,
-                    window: int = 1, closed_form_chunk: int | None = None, return_losses: bool = False):
-        """Scan a sequence, advancing traces, and accumulate online gradients.
-
-        Two calling conventions (PORTING.md tabulates their keywords, defaults and returns):
-
-        * etprop's, ``etrace_grad(xs, ys, step_loss)``: etprop runs the model; fastest
-          (closed-form chunks). Returns ``(grads, loss)`` (``+ losses (T,)`` with
-          ``return_losses``), ``loss = sum_t mask_t mean_b step_loss`` (``reduction='sum'``, the
-          default, or ``'mean'`` over the mask weight) and ``grads`` its online gradient
-          keyed by dotted parameter name.
-        * braintrace's, ``etrace_grad(*sequences, step_fn=f)``: ``f(*slices)`` runs the model
-          by calling the learner once and returns the step's loss; every keyword keeps
-          braintrace's meaning (`etprop.algorithms.sequence`): ``reduction='mean'``,
-          ``chunk_size`` windows, ``weights``, ``loss_output``, ``has_aux``, ``return_value``;
-          gradients keyed as ``model.states(brainstate.ParamState)`` keys them.
-
-        Args (etprop's form):
-          xs: inputs with time leading (an array, a tuple, or `MultiStepData`).
-          ys: targets with time leading (any pytree), passed to ``step_loss`` per step.
-          step_loss: ``step_loss(out, target) -> scalar`` for one sample.
-          mask: optional ``(T,)`` weights of each step's loss.
-          window: steps per window: exact reverse mode inside a window, traces across
-            windows. ``1`` is the per-step online gradient; ``T`` is BPTT.
-          chunk_size: braintrace's name for ``window`` (exact reverse mode over windows of
-            that many steps).
-          closed_form_chunk: with ``window=1``, compute the per-step gradients this many
-            steps at a time in closed form (same result, matmul speed; memory grows with the
-            chunk). Default: 16 (chunk sweep in benchmarks/RESULTS.md).
-        """
-        self._require_graph()
-        if step_fn is not None:
-            from_etprop = {"window": window != 1, "closed_form_chunk": closed_form_chunk is not None,
-                           "return_losses": return_losses, "step_loss": step_loss is not None}
-            if any(from_etprop.values()):
-                bad = [k for k, v in from_etprop.items() if v]
-                raise ArgumentError(f"etrace_grad(..., step_fn=...) is braintrace's convention; {bad} belong to "
-                                    f"etprop's etrace_grad(xs, ys, step_loss): use chunk_size= for windows and "
-                                    f"return_value=True for the losses")
-            return step_fn_grad(self, sequences, step_fn, mask=mask, chunk_size=chunk_size, weights=weights,
-                                reduction="mean" if reduction is None else reduction, loss_output=loss_output,
-                                has_aux=has_aux, return_value=return_value)
-        from_braintrace = {"weights": weights is not None, "has_aux": has_aux, "return_value": return_value,
-                           "loss_output": loss_output != "per_step"}
-        if any(from_braintrace.values()):
-            bad = [k for k, v in from_braintrace.items() if v]
-            raise ArgumentError(f"{bad} belong to braintrace's convention etrace_grad(*sequences, step_fn=f); "
-                                f"etprop's etrace_grad(xs, ys, step_loss) returns (grads, loss) "
-                                f"(return_losses=True adds the per-step losses)")
-        if len(sequences) > 3 or (step_loss is not None and len(sequences) > 2):
-            raise ArgumentError(f"etrace_grad(xs, ys, step_loss) takes at most three positional arguments, got "
-                                f"{len(sequences)}; for braintrace's convention pass step_fn=")
-        xs, ys, loss_pos = (tuple(sequences) + (None, None, None))[:3]
-        step_loss = step_loss if step_loss is not None else loss_pos
-        if xs is None:
-            raise ArgumentError("etrace_grad needs the inputs: etrace_grad(xs, ys, step_loss) or "
-                                "etrace_grad(*sequences, step_fn=f)")
-        if chunk_size is not None:
-            if window != 1:
-                raise ArgumentError("pass either window= or chunk_size= (braintrace's name for it), not both")
-            window = check_chunk_size(chunk_size) or 1
-        reduction = "sum" if reduction is None else reduction
-        if reduction not in REDUCTIONS:
-            raise ArgumentError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        args = as_args(xs, multi=True)
-        self._check_args(args, True)
-        grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, chunk_size=closed_form_chunk)
-        if reduction == "mean":
-            scale = 1.0 / jnp.maximum(jnp.sum(jnp.ones_like(losses) if mask is None else jnp.asarray(mask)), 1.0)
-            grads = jax.tree.map(lambda g: g * scale, grads)
-            losses = losses * scale
-        self._check_finite("etrace_grad", args, grads, losses)
-        total = jnp.sum(losses)
-        return (grads, total, losses) if return_losses else (grads, total)
-
-    def etrace_evolve(self, *sequences, step_fn: Callable | None = None, chunk_size: int | None = None,
-                      return_outputs: bool = False):
-        """Run sequences without a loss (warm-up): hidden states and traces advance exactly as in
-        `etrace_grad`. braintrace's convention: ``step_fn=None`` calls the learner with the
-        slices (``chunk_size`` windows allowed); returns None, or with ``return_outputs`` the
-        stacked outputs (time leading; ``(T // chunk_size, chunk_size, ...)`` in windows)."""
-        self._require_graph()
-        return step_fn_evolve(self, sequences, step_fn, chunk_size=chunk_size, return_outputs=return_outputs)
-
-    def _evolve(self, xs):
-        """Outputs of the model over ``xs`` (time leading), traces and states advanced."""
-        args = as_args(xs, multi=True)
-        self._check_args(args, True)
-        _, _, out = self._run_sequence(args, None, None, None, window=1, return_out=True)
-        return out
-
-    default_chunk = 16
-
-    def sequence_fn(self, step_loss: Callable | None, *, window: int | None = None,
-                    closed_form_chunk: int | None = None, return_out: bool = False) -> Callable:
-        """The pure, jitted computation behind `etrace_grad`, for users who carry state themselves.
-
-        Returns ``fn(params, hidden, others, traces, xs, ys, mask)`` with ``params`` a
-        ``{name: array}`` dict (as `params`), ``hidden``/``others`` the model's state values
-        (``self.graph.mf.values()[1:]``), ``traces`` the eligibility-trace pytree
-        (``self.etrace.value``), ``xs`` the inputs with time leading and ``mask`` ``(T,)``.
-        ``fn`` returns ``(grads, losses (T,), hidden', others', traces'[, outputs])``; it
-        reads and writes no state, so it composes with ``jax.jit``, optimiser updates and
-        checkpointing. ``window=None`` is the algorithm's default (per-step online
-        gradients; the whole sequence for BPTT).
-        """
-        self._require_graph()
-        if window is None:
-            window = self.default_window
-        mode = "window"
-        if window == 1 and self.default_chunk:
-            mode, window = "chunk", closed_form_chunk or self.default_chunk
-        scan = self._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
-
-        def fn(params, hidden, others, traces, xs, ys, mask):
-            res = scan(params, hidden, others, traces, as_args(xs, multi=True), ys, mask)
-            return (self._grads_to_dict(res[0], params),) + tuple(res[1:])
-
-        return fn
-
-    def _run_sequence(self, args, ys, step_loss, mask, *, window, chunk_size=None, return_out=False):
-        T = jax.tree.leaves(args)[0].shape[0]
-        for path, leaf in jax.tree_util.tree_flatten_with_path(ys)[0]:
-            if np.shape(leaf)[:1] != (T,):
-                raise ArgumentError(f"the targets ys{jax.tree_util.keystr(path)} have shape {np.shape(leaf)}, but "
-                                    f"the inputs have {T} steps: give every target leaf a leading time axis of "
-                                    f"length {T}")
-        if not isinstance(window, int) or window < 1:
-            raise ArgumentError(f"window must be a positive int, got {window!r}")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ArgumentError(f"closed_form_chunk must be a positive int, got {chunk_size!r}")
-        if chunk_size is not None and chunk_size > 1 and window > 1:
-            raise ArgumentError("closed_form_chunk applies to per-step gradients (window=1); a window is already "
-                                "computed by exact reverse mode")
-        mode = "chunk" if window == 1 and self.default_chunk else "window"
-        if mode == "chunk":
-            window = min(chunk_size or self.default_chunk, T)
-        window = min(window, T)
-        mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
-        if mask.shape != (T,):
-            raise ArgumentError(f"mask must have shape ({T},), got {mask.shape}")
-        mf = self.graph.mf
-        params, hidden, others = mf.values()
-        params = dict(zip(mf.param_names, params))
-        fn = self._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
-        res = fn(params, hidden, others, self.etrace.value, args, ys, mask)
-        acc, losses, hidden, others, traces = res[:5]
-        mf.write(hidden, others)
-        self.etrace.value = traces
-        grads = self._grads_to_dict(acc, params)
-        if return_out:
-            return grads, losses, res[5]
-        return grads, losses
-
-    default_window = 1
-
-    def _check_finite(self, where: str, args, grads, losses) -> None:
-        """Raise `NumericalError` naming the first non-finite thing, never return NaN silently."""
-        leaves = jax.tree.leaves((grads, losses, args, self.params()))
-        if any(isinstance(x, jax.core.Tracer) for x in leaves):
-            return  # inside a user's transformation: nothing concrete to check
-        if bool(_all_finite(leaves)):  # one fused reduction, one host sync
-            return
-        bad = lambda tree: not all(bool(jnp.all(jnp.isfinite(_mantissa(x)))) for x in jax.tree.leaves(tree)
-                                   if jnp.issubdtype(jnp.result_type(_mantissa(x)), jnp.inexact))
-        mf = self.graph.mf
-        if bad(args):
-            raise NumericalError(f"{where}: the inputs contain NaN or inf")
-        for name, v in self.params().items():
-            if bad(v):
-                raise NumericalError(f"{where}: parameter '{name}' is NaN or inf (a diverged update? lower the "
-                                     f"learning rate or clip gradients)")
-        for st in mf.hidden_states:
-            if bad(st.value):
-                raise NumericalError(f"{where}: hidden state '{mf.name(st)}' became NaN or inf; the dynamics "
-                                     f"diverged (check time constants, input scale and weights)")
-        if bad(losses):
-            raise NumericalError(f"{where}: the loss is NaN or inf while inputs, parameters and hidden states "
-                                 f"are finite; check the loss function (log of 0? division by 0?)")
-        for name, g in grads.items():
-            if bad(g):
-                raise NumericalError(f"{where}: the gradient of '{name}' is NaN or inf while the forward pass is "
-                                     f"finite; check surrogate gradients and weight transforms")
-
-    def _window_losses(self, step_loss, out, ys, mask):
-        """``mask_t * mean_b step_loss(out_tb, y_tb)`` for each step of a window."""
-        if step_loss is None:
-            return jnp.zeros(mask.shape)
-        batched = self.batch_size is not None
-        per = jax.vmap(jax.vmap(step_loss)) if batched else jax.vmap(step_loss)
-        vals = _mantissa(per(out, ys))
-        return mask * (jnp.mean(vals, axis=1) if batched else vals)
-
-    def train_online(self, xs, ys, step_loss: Callable, optimizer, opt_state=None, *, mask=None):
-        """True online learning: update the parameters with ``optimizer`` at every step.
-
-        Args:
-          xs, ys: inputs and targets, time leading.
-          step_loss: ``step_loss(out, target) -> scalar`` for one sample.
-          optimizer: an optax ``GradientTransformation`` (anything with ``init`` and
-            ``update(grads, state, params)``); gradients are ``{param name: array}``.
-          opt_state: the optimizer state to continue from (``optimizer.init`` if None).
-          mask: optional ``(T,)`` weights of the step losses.
-
-        Returns:
-          ``(opt_state, losses)``; the model's parameters, hidden states and traces advance.
-        """
-        self._require_graph()
-        args = as_args(xs, multi=True)
-        self._check_args(args, True)
-        T = jax.tree.leaves(args)[0].shape[0]
-        mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
-        params = self.params()
-        if opt_state is None:
-            opt_state = optimizer.init(params)
-        key = ("online", step_loss, optimizer)
-        fn = self._jit_cache.get(key)
-        if fn is None:
-            def run(params, opt_state, hidden, others, traces, args, ys, mask):
-                def body(carry, inp):
-                    p, st, h, o, tr = carry
-                    a, y, m = jax.tree.map(lambda v: v[None], inp)
-
-                    def loss_of(pp):
-                        out, h2, o2, tr2 = self.run_window(pp, h, o, tr, a)
-                        ls = self._window_losses(step_loss, out, y, m)
-                        return jnp.sum(ls), (h2, o2, tr2)
-
-                    (loss, (h2, o2, tr2)), g = jax.value_and_grad(loss_of, has_aux=True)(p)
-                    updates, st = optimizer.update(g, st, p)
-                    p = jax.tree.map(lambda a_, b_: a_ + b_, p, updates)
-                    return (p, st, h2, o2, tr2), loss
-
-                carry, losses = jax.lax.scan(body, (params, opt_state, hidden, others, traces), (args, ys, mask))
-                return carry, losses
-
-            fn = self._jit_cache[key] = jax.jit(run)
-        mf = self.graph.mf
-        _, hidden, others = mf.values()
-        (params, opt_state, hidden, others, traces), losses = fn(params, opt_state, hidden, others,
-                                                                 self.etrace.value, args, ys, mask)
-        self.set_params(params)
-        mf.write(hidden, others)
-        self.etrace.value = traces
-        self._check_finite("train_online", args, self.params(), losses)
-        return opt_state, losses
-
-    def _compiled_scan(self, step_loss, window: int | None = None, return_out: bool = False,
-                       mode: str = "window"):
-        """Jitted ``fn(params, hidden, others, traces, args, ys, mask)`` over ``T = n * window``
-        steps (``window=None``: the algorithm's default, None meaning the whole sequence),
-        returning ``(grad leaves, per-step losses, hidden', others', traces'[, outs])``."""
-        if window is None:
-            window = self.default_window
-        # keyed by what step_loss computes (its code and static closure values); the arrays it
-        # captures are passed in, so a new closure of the same code reuses the compiled scan
-        lkey, captured, rebuild = split_fn(step_loss) if step_loss is not None else (None, [], lambda a: None)
-        key = (lkey, window, return_out, mode)
-        fn = self._jit_cache.get(key)
-        if fn is not None:
-            return lambda *a: fn(*a, captured)
-
-        def run(params, hidden, others, traces, args, ys, mask, captured):
-            loss = rebuild(captured)
-            window_losses = lambda out, ys, mask: self._window_losses(loss, out, ys, mask)
-            T = mask.shape[0]
-            win = T if window is None else min(window, T)
-            n, rest = divmod(T, win)
-            p_leaves, p_tree = jax.tree.flatten(self._param_tuple(params))
-            # windows are sliced inside the loop, so the sequence is never copied
-            take = lambda tree, start, size: jax.tree.map(
-                lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, 0), tree)
-
-            def one(carry, start, size):
-                h, o, tr, acc = carry
-                a, y, m = take(args, start, size), take(ys, start, size), take(mask, start, size)
-
-                def loss_of(pl):
-                    pd = dict(zip(self.graph.mf.param_names, jax.tree.unflatten(p_tree, pl)))
-                    out, h2, o2, tr2 = self.run_window(pd, h, o, tr, a, mode=mode)
-                    ls = window_losses(out, y, m)
-                    return jnp.sum(ls), (ls, out, h2, o2, tr2)
-
-                (_, (ls, out, h2, o2, tr2)), g = jax.value_and_grad(loss_of, has_aux=True)(p_leaves)
-                acc = [x + gi for x, gi in zip(acc, g)]
-                return (h2, o2, tr2, acc), ((ls, out) if return_out else (ls, None))
-
-            carry = (hidden, others, traces, [jnp.zeros_like(l) for l in p_leaves])
-            carry, (losses, outs) = jax.lax.scan(lambda c, i: one(c, i * win, win), carry, jnp.arange(n))
-            merge = lambda tree: jax.tree.map(lambda a: a.reshape((n * win,) + a.shape[2:]), tree)
-            losses, outs = merge(losses), merge(outs)
-            if rest:
-                carry, (l2, o2) = one(carry, n * win, rest)
-                losses = jnp.concatenate([losses, l2])
-                outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outs, o2)
-            h, o, tr, acc = carry
-            res = (acc, losses, h, o, tr)
-            return res + (outs,) if return_out else res
-
-        fn = self._jit_cache[key] = jax.jit(run)
-        return lambda *a: fn(*a, captured)
-
-
-@jax.jit
-def _all_finite(leaves):
-    ok = jnp.bool_(True)
-    for x in leaves:
-        x = _mantissa(x)
-        if jnp.issubdtype(x.dtype, jnp.inexact):
-            ok = ok & jnp.all(jnp.isfinite(x))
-    return ok
-
-
 def unflatten_out_seq(graph: ETraceGraph, outs):
     n = graph.out_tree.num_leaves
     dummy = [None] * n
@@ -829,15 +515,3 @@ def _unwrap_single(inputs: tuple) -> tuple:
     if any(isinstance(a, MultiStepData) for a in inputs):
         raise ArgumentError("compile_graph takes the inputs of ONE step; pass xs[0] rather than MultiStepData")
     return inputs
-
-
-def as_args(inputs, *, multi: bool) -> tuple:
-    if isinstance(inputs, MultiStepData):
-        if not multi:
-            raise NotSupportedError("step() takes one time step; use etrace_grad or learner(MultiStepData(...))")
-        return inputs.data
-    if isinstance(inputs, SingleStepData):
-        if multi:
-            raise ArgumentError("etrace_grad needs inputs with a leading time axis, not SingleStepData")
-        return inputs.data
-    return inputs if isinstance(inputs, tuple) else (inputs,)

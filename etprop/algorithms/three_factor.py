@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.algorithms.base import as_args, unflatten_out_seq
+from etprop.algorithms.base import unflatten_out_seq
+from etprop.algorithms.drivers import as_args
 from etprop.algorithms.vjp import online_custom_vjp
 from etprop.algorithms.etrace import _TraceRules, _decay
 from etprop.errors import ArgumentError, NotSupportedError
