@@ -86,9 +86,9 @@ def _ensure_states(model, batch_size, force: bool = False) -> None:
     """Initialise the model's states for ``batch_size`` where they are missing or unbatched
     (braintrace's ``compile`` initialises them; its users' cells hold no batched state until
     then). Hidden states that already lead with ``batch_size`` are left as they are."""
-    init = getattr(getattr(brainstate, "nn", None), "init_all_states", None)
-    if init is None or not hasattr(model, "states"):
-        return
+    if not hasattr(model, "states"):
+        return  # not a brainstate module: compile_graph says so
+    init = brainstate.nn.init_all_states
     hidden = [st.value for st in model.states(brainstate.HiddenState).values()]
     if not hidden or force:
         init(model) if batch_size is None else init(model, batch_size=batch_size)

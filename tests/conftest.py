@@ -75,3 +75,28 @@ def cosine(a, b) -> float:
                                       for x in jax.tree.leaves(t, is_leaf=u.math.is_quantity)])
     a, b = flat(a), flat(b)
     return float(a @ b / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + 1e-300))
+
+
+def train_with_braintools(learner, model, xs, ys, *, lr: float, updates: int) -> list:
+    """The training loop braintrace's docs write: a braintools Adam over the model's ParamStates, a
+    fresh step_fn lambda per call, braintrace's mean reduction, under `brainstate.transform.jit`;
+    the learner is reset before every update. Returns the losses."""
+    import brainstate
+    import braintools
+    import jax.numpy as jnp
+
+    opt = braintools.optim.Adam(lr=lr)
+    opt.register_trainable_weights(model.states(brainstate.ParamState))
+
+    @brainstate.transform.jit
+    def train(xs, ys):
+        grads, loss = learner.etrace_grad(xs, ys, step_fn=lambda x, y: jnp.mean((learner(x) - y) ** 2),
+                                          return_value=True, loss_output="scalar")
+        opt.update(grads)
+        return loss
+
+    losses = []
+    for _ in range(updates):
+        learner.reset()
+        losses.append(float(train(xs, ys)))
+    return losses

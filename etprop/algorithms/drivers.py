@@ -72,7 +72,8 @@ class SequenceDrivers:
                 raise ArgumentError(f"etrace_grad(..., step_fn=...) is braintrace's convention; {bad} belong to "
                                     f"etprop's etrace_grad(xs, ys, step_loss): use chunk_size= for windows and "
                                     f"return_value=True for the losses")
-            return step_fn_grad(self, sequences, step_fn, mask=mask, chunk_size=chunk_size, weights=weights,
+            return step_fn_grad(self.model, self._jit_cache, self._check_finite, sequences, step_fn, mask=mask,
+                                chunk_size=chunk_size, weights=weights,
                                 reduction="mean" if reduction is None else reduction, loss_output=loss_output,
                                 has_aux=has_aux, return_value=return_value)
         from_braintrace = {"weights": weights is not None, "has_aux": has_aux, "return_value": return_value,
@@ -115,7 +116,8 @@ class SequenceDrivers:
         slices (``chunk_size`` windows allowed); returns None, or with ``return_outputs`` the
         stacked outputs (time leading; ``(T // chunk_size, chunk_size, ...)`` in windows)."""
         self._require_graph()
-        return step_fn_evolve(self, sequences, step_fn, chunk_size=chunk_size, return_outputs=return_outputs)
+        return step_fn_evolve(self._evolve, self._jit_cache, sequences, step_fn, chunk_size=chunk_size,
+                              return_outputs=return_outputs)
 
     def _evolve(self, xs):
         """Outputs of the model over ``xs`` (time leading), traces and states advanced."""

@@ -107,10 +107,11 @@ def _weights_key(weights) -> tuple:
                             f"model.states(brainstate.ParamState)), got {type(weights).__name__}") from None
 
 
-def step_fn_grad(learner, sequences: tuple, step_fn: Callable, *, mask=None, chunk_size=None, weights=None,
-                 reduction: str = "mean", loss_output: str = "per_step", has_aux: bool = False,
+def step_fn_grad(model, cache, check_finite, sequences: tuple, step_fn: Callable, *, mask=None, chunk_size=None,
+                 weights=None, reduction: str = "mean", loss_output: str = "per_step", has_aux: bool = False,
                  return_value: bool = False):
-    """braintrace's ``etrace_grad``; see the module docstring."""
+    """braintrace's ``etrace_grad``; see the module docstring. ``cache`` holds the compiled
+    drivers (keyed here), ``check_finite(where, args, grads, losses)`` reports NaN by name."""
     if not callable(step_fn):
         raise ArgumentError(f"step_fn must be callable, got {step_fn!r}")
     if reduction not in REDUCTIONS:
@@ -124,12 +125,12 @@ def step_fn_grad(learner, sequences: tuple, step_fn: Callable, *, mask=None, chu
                             f"{T - T % k} steps or pick a chunk_size that divides {T}")
     mask = _check_mask(mask, T)
     if weights is None:
-        weights = learner.model.states(brainstate.ParamState)
+        weights = model.states(brainstate.ParamState)
     fkey, captured, rebuild = split_fn(step_fn)
     key = ("braintrace_grad", fkey, k, bool(has_aux), _weights_key(weights))
-    fn = learner._jit_cache.get(key)
+    fn = cache.get(key)
     if fn is None:
-        fn = learner._jit_cache[key] = brainstate.transform.jit(_grad_driver(rebuild, weights, k, has_aux))
+        fn = cache[key] = brainstate.transform.jit(_grad_driver(rebuild, weights, k, has_aux))
     if k is not None:
         xs = (to_windows(sequences, T // k, k), mask.reshape(T // k, k))
     else:
@@ -138,7 +139,7 @@ def step_fn_grad(learner, sequences: tuple, step_fn: Callable, *, mask=None, chu
     if reduction == "mean":
         denom = jnp.maximum(jnp.sum(mask), 1.0)
         total = jax.tree.map(lambda g: g / denom, total)
-    learner._check_finite("etrace_grad", sequences, {_name(p): g for p, g in total.items()},
+    check_finite("etrace_grad", sequences, {_name(p): g for p, g in total.items()},
                           jnp.reshape(losses, (T,)))
     if not return_value:
         return (total, aux) if has_aux else total
@@ -187,11 +188,12 @@ def _grad_driver(rebuild, weights, k, has_aux):
     return run
 
 
-def step_fn_evolve(learner, sequences: tuple, step_fn: Callable | None, *, chunk_size=None,
+def step_fn_evolve(evolve, cache, sequences: tuple, step_fn: Callable | None, *, chunk_size=None,
                    return_outputs: bool = False):
     """braintrace's ``etrace_evolve``: drive the model and the traces, no gradient. ``step_fn``
-    None calls the learner with the slices (wrapped in `MultiStepData` in window mode);
-    returns None, or the stacked outputs (leading ``T // chunk_size`` in window mode)."""
+    None runs ``evolve(inputs) -> outputs`` (the learner's own sequence driver: the traces advance
+    the same step by step or in windows); returns None, or the stacked outputs (leading
+    ``T // chunk_size`` in window mode)."""
     k = check_chunk_size(chunk_size)
     T = sequence_length(sequences)
     if k is not None and T % k:
@@ -200,13 +202,13 @@ def step_fn_evolve(learner, sequences: tuple, step_fn: Callable | None, *, chunk
     if step_fn is None:
         # traces advance the same step by step or in windows: the fast sequence driver serves both
         args = sequences if len(sequences) > 1 else sequences[0]
-        out = learner._evolve(args)
+        out = evolve(args)
         if not return_outputs:
             return None
         return out if k is None else to_windows(out, T // k, k)
     fkey, captured, rebuild = split_fn(step_fn)
     key = ("braintrace_evolve", fkey, k, bool(return_outputs))
-    fn = learner._jit_cache.get(key)
+    fn = cache.get(key)
     if fn is None:
         def run(xs, captured):
             f = rebuild(captured)
@@ -217,6 +219,6 @@ def step_fn_evolve(learner, sequences: tuple, step_fn: Callable | None, *, chunk
 
             return brainstate.transform.for_loop(body, *xs)
 
-        fn = learner._jit_cache[key] = brainstate.transform.jit(run)
+        fn = cache[key] = brainstate.transform.jit(run)
     xs = to_windows(sequences, T // k, k) if k is not None else sequences
     return fn(xs, captured)

@@ -2,13 +2,12 @@
 
 import brainevent
 import brainstate
-import braintools
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import etprop as braintrace  # the port
-from tests.conftest import rel_err
+from tests.conftest import rel_err, train_with_braintools
 
 B, T = 3, 10
 
@@ -72,22 +71,9 @@ def test_conv_and_lora_training_script_loss_falls():
     brainstate.random.seed(0)
     model = ConvNet()
     learner = braintrace.compile(model, "es_d_rtrl", jnp.zeros((B, 8, 2)), batch_size=B, seed=0)
-    opt = braintools.optim.Adam(lr=3e-2)
-    opt.register_trainable_weights(model.states(brainstate.ParamState))
     xs = jax.random.normal(jax.random.key(3), (T, B, 8, 2))
     ys = jnp.tanh(jnp.sum(xs[..., 0], axis=-1, keepdims=True))  # reachable from the input
-
-    @brainstate.transform.jit
-    def train(xs, ys):
-        grads, loss = learner.etrace_grad(xs, ys, step_fn=lambda x, y: jnp.mean((learner(x) - y) ** 2),
-                                          return_value=True, loss_output="scalar")
-        opt.update(grads)
-        return loss
-
-    losses = []
-    for _ in range(40):
-        learner.reset()
-        losses.append(float(train(xs, ys)))
+    losses = train_with_braintools(learner, model, xs, ys, lr=3e-2, updates=40)
     assert losses[-1] < 0.7 * losses[0], (losses[0], losses[-1])
 
 

@@ -1,11 +1,11 @@
 """braintrace's README quickstart and a braintools training loop, with only the import changed."""
 
 import brainstate
-import braintools
 import jax.numpy as jnp
 import numpy as np
 
 import etprop as braintrace  # the one changed line of a port
+from tests.conftest import train_with_braintools
 
 
 class GRUNet(brainstate.nn.Module):
@@ -48,20 +48,7 @@ def test_braintools_optimiser_training_loop_loss_falls():
     brainstate.random.seed(1)
     model = GRUNet(2, 16, 1)
     learner = braintrace.compile(model, "d_rtrl", jnp.zeros((8, 2)), batch_size=8)
-    opt = braintools.optim.Adam(lr=1e-2)
-    opt.register_trainable_weights(model.states(brainstate.ParamState))
     xs = brainstate.random.randn(30, 8, 2)
     ys = jnp.cumsum(xs[..., :1], axis=0) * 0.2  # a running sum: needs memory
-
-    @brainstate.transform.jit
-    def train(xs, ys):
-        grads, loss = learner.etrace_grad(xs, ys, step_fn=lambda x, y: jnp.mean((learner(x) - y) ** 2),
-                                          return_value=True, loss_output="scalar")
-        opt.update(grads)
-        return loss
-
-    losses = []
-    for _ in range(60):
-        learner.reset()
-        losses.append(float(train(xs, ys)))
+    losses = train_with_braintools(learner, model, xs, ys, lr=1e-2, updates=60)
     assert losses[-1] < 0.7 * losses[0], (losses[0], losses[-1])
