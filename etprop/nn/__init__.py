@@ -11,6 +11,7 @@ from etprop.nn.neurons import ALIF, GIF, IF, LIF
 from etprop.nn.readout import LeakyRateReadout, LeakySpikeReadout
 from etprop.nn.spiking_layers import SpikingRecurrentLayer
 from etprop.nn.synapses import Alpha, DualExpon, Expon
+from etprop.nn import brainpy_style  # registers brainpy.state's signatures of IF ... DualExpon
 
 __all__ = [
     "Linear", "SignedWLinear", "ScaledWSLinear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding", "GroupedLinear",

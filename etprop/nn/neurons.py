@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from etprop import operators as ops
+from etprop.nn import signatures
 from etprop.nn.surrogate import FastSigmoid, Surrogate
 
 __all__ = ["IF", "LIF", "ALIF", "GIF"]
@@ -158,9 +159,20 @@ class _Neuron(brainstate.nn.Module):
 
     _state_names: tuple[str, ...] = ("v",)
 
+    def __new__(cls, *args, **kwargs):
+        # brainpy.state's signature builds brainpy.state's model (etprop.nn.signatures)
+        variant = signatures.choose(cls, args, kwargs)
+        return super().__new__(cls if variant is None else variant)
+
+    @classmethod
+    def desc(cls, *args, **kwargs):
+        """A `brainstate.mixin.ParamDescriber` of what ``cls(*args, **kwargs)`` builds."""
+        return signatures.describer(cls, args, kwargs)
+
     def __init__(self, in_size, *, tau=20.0 * u.ms, V_th=1.0, V_reset=None, V_rest=None, R=1.0,
                  spike_fn: Surrogate | None = None, reset: str = "subtract", detach_reset: bool = False,
-                 v_scale=None, train_tau: bool = False, name: str | None = None):
+                 v_scale=None, train_tau: bool = False, name: str | None = None, convention: str = "etprop"):
+        signatures.check_convention(convention)
         super().__init__(name=name)
         self.in_size = to_size(in_size)
         self.out_size = self.in_size
@@ -212,7 +224,9 @@ class _Neuron(brainstate.nn.Module):
         if not du.has_same_dim(self.v_unit):
             raise ValueError(f"{type(self).__name__}: R * x has unit {du} but the membrane potential is in "
                              f"{self.v_unit}; give x as a current with R in ohm-like units (x in pA, R in "
-                             f"Mohm) or x directly in {self.v_unit}")
+                             f"Mohm) or x directly in {self.v_unit}. (A port of brainpy.state's "
+                             f"{type(self).__name__} with its defaults, as braintrace.nn forwards it: write "
+                             f"etprop.nn.{type(self).__name__}(..., convention='brainpy').)")
         if isinstance(d, u.Quantity):
             d = d.in_unit(self.v_unit) if not self.v_unit.is_unitless else d.to_decimal()
         return d

@@ -11,7 +11,12 @@ class             surrogate derivative ``g(x)``                   reference
 `FastSigmoid`     ``1 / (1 + alpha |x|)^2``                        SuperSpike (Zenke, Ganguli)
 `Triangle`        ``gamma * max(0, 1 - alpha |x|)``                piecewise linear (e-prop)
 `Arctan`          ``(alpha / 2) / (1 + (pi alpha x / 2)^2)``       ATan (SpikingJelly)
+`ReluGrad`        ``max(0, alpha (width - |x|))``                  braintools' ``ReluGrad``
 ================  =============================================  ==========================
+
+`ReluGrad` also fires at ``x == 0`` (``H(0) = 1``), as ``braintools.surrogate.ReluGrad``
+does: it is the default of the brainpy.state signatures of `etprop.nn.brainpy_style`, which
+must spike exactly where brainpy.state's neurons spike.
 
 Two equivalent APIs::
 
@@ -29,12 +34,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import typing
 
 import brainunit as u
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Surrogate", "Sigmoid", "FastSigmoid", "Triangle", "Arctan",
+__all__ = ["Surrogate", "Sigmoid", "FastSigmoid", "Triangle", "Arctan", "ReluGrad",
            "sigmoid", "fast_sigmoid", "triangle", "arctan", "heaviside"]
 
 
@@ -59,7 +65,8 @@ def heaviside(x):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _spike(surrogate, x):
-    return (x > 0).astype(x.dtype)
+    fired = (x >= 0) if surrogate.fires_at_zero else (x > 0)
+    return fired.astype(x.dtype)
 
 
 @_spike.defjvp
@@ -76,6 +83,9 @@ class Surrogate:
     and compare by value (two ``FastSigmoid(10.)`` are the same function to JAX).
     Subclass and implement `grad` to add a surrogate.
     """
+
+    #: whether ``H(0) = 1`` (a class constant, not a field)
+    fires_at_zero: typing.ClassVar[bool] = False
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -137,6 +147,19 @@ class Arctan(Surrogate):
 
     def grad(self, x):
         return (self.alpha / 2.0) / (1.0 + (math.pi / 2.0 * self.alpha * x) ** 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReluGrad(Surrogate):
+    """``g(x) = max(0, alpha (width - |x|))`` (peak ``alpha * width`` at 0), firing at ``x >= 0``:
+    braintools' ``ReluGrad`` (brainpy.state's default surrogate), spike for spike."""
+
+    alpha: float = 0.3
+    width: float = 1.0
+    fires_at_zero: typing.ClassVar[bool] = True
+
+    def grad(self, x):
+        return jnp.maximum(0.0, self.alpha * (self.width - jnp.abs(x)))
 
 
 def sigmoid(x, alpha: float = 4.0):

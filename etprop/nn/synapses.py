@@ -25,6 +25,7 @@ import brainstate
 import brainunit as u
 import jax.numpy as jnp
 
+from etprop.nn import signatures
 from etprop.nn.neurons import TimeConstant, batch_shape, dt_over, filled, in_unit, to_size
 
 __all__ = ["Expon", "Alpha", "DualExpon"]
@@ -33,7 +34,18 @@ __all__ = ["Expon", "Alpha", "DualExpon"]
 class _Synapse(brainstate.nn.Module):
     _state_names: tuple[str, ...] = ("g",)
 
-    def __init__(self, in_size, *, unit=None, name: str | None = None):
+    def __new__(cls, *args, **kwargs):
+        # brainpy.state's signature builds brainpy.state's model (etprop.nn.signatures)
+        variant = signatures.choose(cls, args, kwargs)
+        return super().__new__(cls if variant is None else variant)
+
+    @classmethod
+    def desc(cls, *args, **kwargs):
+        """A `brainstate.mixin.ParamDescriber` of what ``cls(*args, **kwargs)`` builds."""
+        return signatures.describer(cls, args, kwargs)
+
+    def __init__(self, in_size, *, unit=None, name: str | None = None, convention: str = "etprop"):
+        signatures.check_convention(convention)
         super().__init__(name=name)
         self.in_size = to_size(in_size)
         self.out_size = self.in_size
@@ -83,8 +95,9 @@ class Expon(_Synapse):
       train_tau: make ``tau`` a per-position trainable parameter.
     """
 
-    def __init__(self, in_size, tau=5.0 * u.ms, *, unit=None, train_tau: bool = False, name=None):
-        super().__init__(in_size, unit=unit, name=name)
+    def __init__(self, in_size, tau=5.0 * u.ms, *, unit=None, train_tau: bool = False, name=None,
+                 convention: str = "etprop"):
+        super().__init__(in_size, unit=unit, name=name, convention=convention)
         self._tau = TimeConstant(self, "tau", tau, self.varshape, train_tau)
         self.init_state()
 
@@ -114,8 +127,8 @@ class Alpha(_Synapse):
 
     _state_names = ("g", "h")
 
-    def __init__(self, in_size, tau=5.0 * u.ms, *, unit=None, name=None):
-        super().__init__(in_size, unit=unit, name=name)
+    def __init__(self, in_size, tau=5.0 * u.ms, *, unit=None, name=None, convention: str = "etprop"):
+        super().__init__(in_size, unit=unit, name=name, convention=convention)
         self._tau = TimeConstant(self, "tau", tau, self.varshape, False)
         self.init_state()
 
@@ -148,8 +161,8 @@ class DualExpon(_Synapse):
     _state_names = ("g_rise", "g_decay")
 
     def __init__(self, in_size, tau_decay=10.0 * u.ms, tau_rise=1.0 * u.ms, *, unit=None,
-                 normalize: bool = True, name=None):
-        super().__init__(in_size, unit=unit, name=name)
+                 normalize: bool = True, name=None, convention: str = "etprop"):
+        super().__init__(in_size, unit=unit, name=name, convention=convention)
         self._tau_d = TimeConstant(self, "tau_decay", tau_decay, self.varshape, False)
         self._tau_r = TimeConstant(self, "tau_rise", tau_rise, self.varshape, False)
         self.A = 1.0

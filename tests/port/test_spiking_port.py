@@ -1,11 +1,15 @@
 """A spiking network written the braintrace/brainpy.state way, ported by the import alone.
 
-brainpy.state LIF driven through `DeltaProj` by the library's `nn.Linear` (in mV), a plain readout,
+``nn.LIF`` with brainpy.state's signature (braintrace.nn forwards it to brainpy.state.LIF;
+etprop.nn.LIF builds brainpy.state's model for that signature), driven through `DeltaProj` by the library's `nn.Linear` (in mV), a plain readout,
 the step function setting the step's time as braintrace's docs write it. With one state per
 neuron braintrace's D-RTRL is exact, so both libraries agree on the traced weight (float64).
 """
 
+import warnings
+
 import brainstate
+import braintools
 import brainunit as u
 import jax
 import jax.numpy as jnp
@@ -22,7 +26,9 @@ DT = 1.0 * u.ms
 class SNN(brainstate.nn.Module):
     def __init__(self, lib):
         super().__init__()
-        self.neu = bps.LIF(10, tau=10 * u.ms, V_th=1.0 * u.mV)
+        with warnings.catch_warnings():  # braintrace.nn.LIF: "deprecated, use brainpy.state.LIF"
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.neu = lib.nn.LIF(10, tau=10 * u.ms, V_th=1.0 * u.mV, spk_fun=braintools.surrogate.ReluGrad())
         # braintrace's Linear does not take a unit-carrying weight, so the unit goes on after it
         self.inp = lib.nn.Linear(6, 10, w_init=jax.random.normal(jax.random.key(0), (6, 10)))
         self.proj = bps.DeltaProj(comm=lambda x: self.inp(x) * u.mV, post=self.neu)
@@ -52,6 +58,8 @@ def _grads(lib):
 
 def test_spiking_port_matches_braintrace_on_the_traced_weight(precision64):
     ours, theirs = _grads(braintrace), _grads(real_braintrace)
+    with brainstate.environ.context(dt=DT):
+        assert isinstance(SNN(braintrace).neu, bps.Dynamics) and isinstance(SNN(real_braintrace).neu, bps.LIF)
     # braintrace's Linear keeps {'weight', 'bias'} in one ParamState; etprop's, two (PORTING.md)
     assert set(ours) == {"inp.weight", "inp.bias", "w_out"} and set(theirs) == {"inp.weight", "w_out"}
     assert float(jnp.max(jnp.abs(ours["inp.weight"]))) > 0
