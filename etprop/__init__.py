@@ -4,6 +4,7 @@ import importlib
 
 from etprop.algorithms import EProp, OSTLFeedforward, OSTLRecurrent, RuleConfig, ThreeFactor, rule
 from etprop.algorithms import BPTT, D_RTRL, ES_D_RTRL, HybridDimVjpAlgorithm, OnlineAlgorithm, RTRL, SnAp, UORO
+from etprop.algorithms import DNI, SyntheticGradient, train_synthetic_gradient
 from etprop.errors import (ArgumentError, CompilationError, EtpropError, NotSupportedError, NumericalError,
                            OperandError)
 from etprop.grad import GradExpon
@@ -26,7 +27,8 @@ __all__ = [
     "SingleStepData", "MultiStepData", "EligibilityTrace", "GradExpon",
     # online learning
     "compile", "OnlineAlgorithm", "D_RTRL", "ES_D_RTRL", "HybridDimVjpAlgorithm", "EProp", "OSTLRecurrent",
-    "OSTLFeedforward", "ThreeFactor", "SnAp", "UORO", "RTRL", "BPTT", "RuleConfig", "rule",
+    "OSTLFeedforward", "ThreeFactor", "SnAp", "UORO", "RTRL", "BPTT", "DNI", "SyntheticGradient",
+    "train_synthetic_gradient", "RuleConfig", "rule",
     # layers
     "nn",
     # errors

@@ -13,7 +13,7 @@ from tests.algorithms.models import ElementwiseRNN
 BRAINTRACE_NAMES = {"d_rtrl": etprop.D_RTRL, "pp_prop": etprop.ES_D_RTRL, "es_d_rtrl": etprop.ES_D_RTRL,
                     "esd_rtrl": etprop.ES_D_RTRL, "eprop": etprop.EProp, "e_prop": etprop.EProp,
                     "ostl_recurrent": etprop.OSTLRecurrent, "ostl_feedforward": etprop.OSTLFeedforward,
-                    "uoro": etprop.UORO, "three_factor": etprop.ThreeFactor}
+                    "uoro": etprop.UORO, "three_factor": etprop.ThreeFactor, "dni": etprop.DNI}
 
 
 @pytest.mark.parametrize("name", sorted(BRAINTRACE_NAMES))
@@ -33,8 +33,6 @@ def test_cli_names_are_aliases_of_the_same_registry():
 def test_unknown_and_unsupported_names_are_clear_errors():
     with pytest.raises(etprop.ArgumentError, match=r"unknown rule name 'd-rtrl2'; known: \['bptt', 'd_rtrl'"):
         etprop.compile(ElementwiseRNN(3, 4, 2), "d-rtrl2", jnp.ones(3))
-    with pytest.raises(etprop.NotSupportedError, match="DNI"):
-        etprop.compile(ElementwiseRNN(3, 4, 2), "dni", jnp.ones(3))
     with pytest.raises(etprop.ArgumentError, match="learner class.*rule name.*RuleConfig"):
         etprop.compile(ElementwiseRNN(3, 4, 2), 3, jnp.ones(3))
     with pytest.raises(etprop.ArgumentError, match="batch_size must be a positive int"):

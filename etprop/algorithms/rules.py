@@ -18,7 +18,8 @@ trace ``e`` of ``dh/dtheta``. The rules differ along five axes:
     cut; ``'model'`` the model's full one-step Jacobian (recurrent-weight paths included).
 ``signal`` -- the learning signal: ``'exact'`` (``dL^t/dh`` through the readout),
     ``'random_feedback'`` (the error through a fixed random matrix), ``'modulator'`` (a
-    third factor given per call).
+    third factor given per call), ``'bootstrapped'`` (``'exact'`` plus a learned synthetic
+    gradient of the future at each window exit for the untraced parameters: DNI).
 ``filter`` -- ``'none'`` or ``'lowpass'`` (``ebar^t = kappa ebar^{t-1} + e^t``).
 
 Only some points are implemented; `RuleConfig` raises `ArgumentError` listing them.
@@ -41,7 +42,7 @@ AXES = {
     "trace": ("param", "io", "hybrid", "full", "sparse", "rank_one", "none"),
     "recursion": ("none", "diagonal", "block", "full"),
     "scope": ("group", "model"),
-    "signal": ("exact", "random_feedback", "modulator"),
+    "signal": ("exact", "random_feedback", "modulator", "bootstrapped"),
     "filter": ("none", "lowpass"),
 }
 
@@ -56,6 +57,7 @@ _IMPL = {
     ("param", "block", "model", "exact", "none"): ("ostl", "OSTLRecurrent", {}),
     ("io", "diagonal", "group", "exact", "none"): ("ostl", "OSTLFeedforward", {}),
     ("param", "block", "group", "modulator", "none"): ("three_factor", "ThreeFactor", {}),
+    ("param", "block", "group", "bootstrapped", "none"): ("dni", "DNI", {}),
     ("full", "full", "model", "exact", "none"): ("rtrl", "RTRL", {}),
     ("sparse", "full", "model", "exact", "none"): ("rtrl", "SnAp", {}),
     ("rank_one", "full", "model", "exact", "none"): ("uoro", "UORO", {}),
@@ -70,6 +72,7 @@ _NAMED = {
     "ostl_recurrent": ("param", "block", "model", "exact", "none"),
     "ostl_feedforward": ("io", "diagonal", "group", "exact", "none"),
     "three_factor": ("param", "block", "group", "modulator", "none"),
+    "dni": ("param", "block", "group", "bootstrapped", "none"),
     "rtrl": ("full", "full", "model", "exact", "none"),
     "snap": ("sparse", "full", "model", "exact", "none"),
     "uoro": ("rank_one", "full", "model", "exact", "none"),
@@ -81,9 +84,7 @@ _ALIASES = {"pp_prop": "es_d_rtrl", "esd_rtrl": "es_d_rtrl", "e_prop": "eprop", 
             "ostl": "ostl_recurrent", "ostl_ff": "ostl_feedforward", "param_dim_vjp": "d_rtrl",
             "io_dim_vjp": "es_d_rtrl", "hybrid_dim_vjp": "hybrid"}
 # names a port may use that etprop does not implement, with what to do instead
-_UNSUPPORTED = {"dni": "synthetic gradients (braintrace's DNI) are not implemented in etprop; for an online "
-                       "gradient of the same cost use 'd_rtrl' or 'es_d_rtrl' (exact where the model is diagonal), "
-                       "or 'bptt' over windows"}
+_UNSUPPORTED: dict = {}
 
 
 def canonical_name(name) -> str:

@@ -11,7 +11,7 @@ from etprop.nn.neurons import ALIF, GIF, IF, LIF
 from etprop.nn.readout import LeakyRateReadout, LeakySpikeReadout
 from etprop.nn.spiking_layers import SpikingRecurrentLayer
 from etprop.nn.synapses import Alpha, DualExpon, Expon
-from etprop.nn import brainpy_style  # registers brainpy.state's signatures of IF ... DualExpon
+from etprop.nn.brainpy_style import register_signatures
 
 __all__ = [
     "Linear", "SignedWLinear", "ScaledWSLinear", "SparseLinear", "LoRA", "Conv1d", "Conv2d", "Conv3d", "Embedding", "GroupedLinear",
@@ -20,6 +20,8 @@ __all__ = [
     "IF", "LIF", "ALIF", "GIF", "Expon", "Alpha", "DualExpon", "LeakyRateReadout", "LeakySpikeReadout",
     "SpikingRecurrentLayer", "surrogate",
 ]
+
+register_signatures()  # IF ... DualExpon called with brainpy.state's signature build its models
 
 
 def __getattr__(name):

@@ -56,7 +56,7 @@ from etprop.nn.neurons import get_dt, to_size
 from etprop.nn.surrogate import ReluGrad
 
 __all__ = ["BrainpyIF", "BrainpyLIF", "BrainpyALIF", "BrainpyExpon", "BrainpyAlpha", "BrainpyDualExpon",
-           "param", "state_value"]
+           "param", "state_value", "register_signatures"]
 
 
 def param(value, varshape, name: str):
@@ -424,7 +424,7 @@ class BrainpyDualExpon(_BrainpySynapse):
         return self._scale() * (g_decay - g_rise)
 
 
-# -- registration: etprop.nn.<Name>(brainpy.state's signature) builds these ----------------------
+# -- registration: etprop.nn.<Name>(brainpy.state's signature) builds these -----------------------
 
 _NEURON_KEYWORDS = frozenset({"spk_fun", "spk_reset", "V_initializer"})
 _SYNAPSE_KEYWORDS = frozenset({"g_initializer"})
@@ -438,12 +438,15 @@ def _name_second(args) -> bool:
     return isinstance(args[0], str) or args[0] is None  # brainpy.state's synapses: (in_size, name, ...)
 
 
-for _own, _cls, _kw, _pos, _resolve in (
-        (neurons.IF, BrainpyIF, _NEURON_KEYWORDS, _any, None),
-        (neurons.LIF, BrainpyLIF, _NEURON_KEYWORDS, _any, None),
-        (neurons.ALIF, BrainpyALIF, _NEURON_KEYWORDS | {"a_initializer"}, _any, None),
-        (synapses.Expon, BrainpyExpon, _SYNAPSE_KEYWORDS, _name_second, _with_align_post),
-        (synapses.Alpha, BrainpyAlpha, _SYNAPSE_KEYWORDS, _name_second, None),  # not AlignPost there either
-        (synapses.DualExpon, BrainpyDualExpon, _SYNAPSE_KEYWORDS | {"amplitude"}, _name_second, _with_align_post)):
-    signatures.register(_own, signatures.Variant(_cls, frozenset(_kw), _pos, _resolve))
-del _own, _cls, _kw, _pos, _resolve
+def register_signatures() -> None:
+    """Make `etprop.nn`'s IF ... DualExpon build these for brainpy.state's signature (called once,
+    by ``etprop.nn``'s ``__init__``)."""
+    for own, cls, keywords, positional, resolve in (
+            (neurons.IF, BrainpyIF, _NEURON_KEYWORDS, _any, None),
+            (neurons.LIF, BrainpyLIF, _NEURON_KEYWORDS, _any, None),
+            (neurons.ALIF, BrainpyALIF, _NEURON_KEYWORDS | {"a_initializer"}, _any, None),
+            (synapses.Expon, BrainpyExpon, _SYNAPSE_KEYWORDS, _name_second, _with_align_post),
+            (synapses.Alpha, BrainpyAlpha, _SYNAPSE_KEYWORDS, _name_second, None),  # not AlignPost there either
+            (synapses.DualExpon, BrainpyDualExpon, _SYNAPSE_KEYWORDS | {"amplitude"}, _name_second,
+             _with_align_post)):
+        signatures.register(own, signatures.Variant(cls, frozenset(keywords), positional, resolve))

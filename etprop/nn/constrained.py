@@ -12,7 +12,8 @@ import numpy as np
 
 from etprop import operators as ops
 from etprop.errors import ArgumentError
-from etprop.nn.initializers import LECUN, Init, as_key, bias_init, default_float, init_array, positive_int, split_keys
+from etprop.nn.initializers import (LECUN, Init, as_key, bias_init, default_float, init_array, new_param, param_holder,
+                                    positive_int, split_keys)
 
 __all__ = ["SignedWLinear", "ScaledWSLinear"]
 
@@ -25,19 +26,22 @@ class SignedWLinear(brainstate.nn.Module):
       w_init: initialiser of the raw weight ``W`` (default LeCun normal; see the module doc).
       w_sign: ``s``, broadcastable to ``(I, O)`` (e.g. ``(I, 1)`` of +-1 for Dale's law);
         None is all +1.
+      param_type: the class holding ``W`` (braintrace's keyword), default `brainstate.ParamState`;
+        `brainstate.FakeState` / `LongTermState` hold it frozen (see `etprop.nn.linear`).
 
     The trace and the gradient are with respect to the raw ``W`` (the transform runs inside
     `etprop.matmul`), so an update never flips an effective weight's sign.
     """
 
     def __init__(self, in_size: int, out_size: int, w_init: Init = None, w_sign=None, *, key=None,
-                 name: str | None = None):
+                 name: str | None = None, param_type=None):
         super().__init__(name=name)
         self.in_features, self.out_features = positive_int(in_size, "in_size"), positive_int(out_size, "out_size")
         self.in_size, self.out_size = (self.in_features,), (self.out_features,)
         shape = (self.in_features, self.out_features)
-        self.weight = brainstate.ParamState(init_array(LECUN if w_init is None else w_init, as_key(key), shape,
-                                                       "weight"))
+        self.weight = new_param(param_holder(param_type, "SignedWLinear"),
+                                init_array(LECUN if w_init is None else w_init, as_key(key), shape, "weight"),
+                                "SignedWLinear", "weight")
         if w_sign is not None:
             try:
                 np.broadcast_shapes(np.shape(w_sign), shape)
@@ -75,19 +79,24 @@ class ScaledWSLinear(brainstate.nn.Module):
         standardisation.
       ws_gain: whether to learn the gain ``g`` ``(O,)`` (starts at 1).
       eps: :math:`\epsilon`.
+      param_type: the class holding ``W``, ``b`` and ``g`` (braintrace's keyword), default
+        `brainstate.ParamState`; `brainstate.FakeState` / `LongTermState` hold them frozen.
     """
 
     def __init__(self, in_size: int, out_size: int, w_init: Init = None, b_init: Init = None, w_mask=None,
-                 ws_gain: bool = True, eps: float = 1e-4, *, key=None, name: str | None = None):
+                 ws_gain: bool = True, eps: float = 1e-4, *, key=None, name: str | None = None, param_type=None):
         super().__init__(name=name)
         self.in_features, self.out_features = positive_int(in_size, "in_size"), positive_int(out_size, "out_size")
         self.in_size, self.out_size = (self.in_features,), (self.out_features,)
         shape = (self.in_features, self.out_features)
+        holder = param_holder(param_type, "ScaledWSLinear")
         k_w, k_b = split_keys(key, 2)
-        self.weight = brainstate.ParamState(init_array(LECUN if w_init is None else w_init, k_w, shape, "weight"))
-        self.bias = brainstate.ParamState(init_array(bias_init(b_init, self.weight.value), k_b,
-                                                     (self.out_features,), "bias"))
-        self.gain = brainstate.ParamState(jnp.ones((self.out_features,), default_float())) if ws_gain else None
+        self.weight = new_param(holder, init_array(LECUN if w_init is None else w_init, k_w, shape, "weight"),
+                                "ScaledWSLinear", "weight")
+        self.bias = new_param(holder, init_array(bias_init(b_init, self.weight.value), k_b, (self.out_features,),
+                                                 "bias"), "ScaledWSLinear", "bias")
+        self.gain = new_param(holder, jnp.ones((self.out_features,), default_float()), "ScaledWSLinear",
+                              "gain") if ws_gain else None
         if not eps > 0:
             raise ArgumentError(f"ScaledWSLinear: eps must be > 0, got {eps!r}")
         self.eps = float(eps)

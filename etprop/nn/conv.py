@@ -10,7 +10,8 @@ import numpy as np
 from etprop import operators as ops
 from etprop.errors import ArgumentError
 from etprop.nn.compat import accepts_keywords
-from etprop.nn.initializers import LECUN, Init, bias_init, init_array, maybe_param, positive_int, split_keys, value_of
+from etprop.nn.initializers import (LECUN, Init, bias_init, init_array, maybe_param, new_param, param_holder,
+                                    positive_int, split_keys, value_of)
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d"]
 
@@ -30,7 +31,7 @@ class _ConvNd(brainstate.nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding="SAME",
                  dilation=1, groups: int = 1, bias: bool = True, *, w_init: Init = None, b_init: Init = None,
-                 key=None, name: str | None = None, channel_first: bool = False):
+                 key=None, name: str | None = None, channel_first: bool = False, param_type=None):
         super().__init__(name=name)
         n = self.num_spatial
         if channel_first:
@@ -52,9 +53,13 @@ class _ConvNd(brainstate.nn.Module):
         self.dilation = _ntuple(dilation, n, "dilation")
         self.padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
         shape = self.kernel_size + (self.in_channels // self.groups, self.out_channels)
+        layer = type(self).__name__
+        holder = param_holder(param_type, layer)
         k_w, k_b = split_keys(key, 2)
-        self.weight = brainstate.ParamState(init_array(LECUN if w_init is None else w_init, k_w, shape, "weight"))
-        self.bias = maybe_param(bias, bias_init(b_init, self.weight.value), k_b, (self.out_channels,), "bias")
+        self.weight = new_param(holder, init_array(LECUN if w_init is None else w_init, k_w, shape, "weight"), layer,
+                                "weight")
+        self.bias = maybe_param(bias, bias_init(b_init, self.weight.value), k_b, (self.out_channels,), "bias",
+                                holder, layer)
 
     def update(self, x):
         """``x``: ``(*spatial, C_in)`` or ``(B, *spatial, C_in)`` (channels last)."""
@@ -82,6 +87,9 @@ _CONV_DOC = r"""{n}-D convolution, channels last, through `etprop.conv`.
         (std ``1/sqrt(fan_in)``, fan_in = window size x ``C_in / groups``).
       b_init: initial bias, default zeros.
       key: seed or PRNG key.
+      param_type: the class holding ``weight`` and ``bias`` (braintrace's keyword), default
+        `brainstate.ParamState`; `brainstate.FakeState` / `LongTermState` hold them frozen
+        (see `etprop.nn.linear`).
 
     Shapes: ``x`` is ``{x}`` or with a leading batch axis; ``y`` likewise with ``C_out``.
 

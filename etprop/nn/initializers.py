@@ -16,7 +16,7 @@ import numpy as np
 from etprop.errors import ArgumentError
 
 __all__ = ["Init", "as_key", "default_float", "is_braintools_init", "init_array", "bias_init", "split_keys",
-           "positive_int", "maybe_param", "value_of", "LECUN", "ZEROS"]
+           "positive_int", "maybe_param", "value_of", "param_holder", "new_param", "LECUN", "ZEROS"]
 
 Init = Callable | jax.Array | np.ndarray | None
 
@@ -86,8 +86,51 @@ def positive_int(v, name: str) -> int:
     return int(v)
 
 
-def maybe_param(enabled, init, key, shape, name):
-    return brainstate.ParamState(init_array(init, key, shape, name)) if enabled else None
+def maybe_param(enabled, init, key, shape, name, param_type=None, layer: str = "layer"):
+    """A parameter of ``shape`` held by ``param_type`` (see `param_holder`), or None when not ``enabled``."""
+    if not enabled:
+        return None
+    return new_param(param_holder(param_type, layer), init_array(init, key, shape, name), layer, name)
+
+
+# -- braintrace's param_type= ---------------------------------------------------------------------
+
+def _type_name(obj) -> str:
+    return getattr(obj, "__qualname__", None) or type(obj).__name__
+
+
+def param_holder(param_type, layer: str):
+    """The class that holds a layer's arrays (braintrace's ``param_type=``), checked.
+
+    ``None`` means `brainstate.ParamState` (trainable). Any other callable ``param_type(value)``
+    returning an object with a ``.value`` is accepted: a `ParamState` subclass (trainable, e.g. to
+    select parameters by class), a `brainstate.LongTermState` or `brainstate.FakeState`
+    (frozen: etprop differentiates only `ParamState`). Short-term states (`HiddenState`, ...) are
+    refused: they are the dynamics etprop traces, and a weight must not be one."""
+    if param_type is None:
+        return brainstate.ParamState
+    if not callable(param_type):
+        raise ArgumentError(f"{layer}: 'param_type' must be a state class such as brainstate.ParamState (trainable) "
+                            f"or brainstate.FakeState (frozen), got {param_type!r}")
+    if isinstance(param_type, type) and issubclass(param_type, brainstate.ShortTermState):
+        raise ArgumentError(f"{layer}: param_type={_type_name(param_type)} is a short-term state (the dynamics "
+                            f"etprop traces); hold the weights in brainstate.ParamState or a subclass (trainable), "
+                            f"or in brainstate.LongTermState / brainstate.FakeState (frozen)")
+    return param_type
+
+
+def new_param(param_type, value, layer: str, name: str):
+    """``param_type(value)``, the holder of parameter ``name``; a failure is an `ArgumentError`."""
+    try:
+        state = param_type(value)
+    except (TypeError, ValueError) as err:
+        raise ArgumentError(f"{layer}: param_type={_type_name(param_type)} could not hold '{name}': {err}. Give a "
+                            f"class called as param_type(value), e.g. brainstate.ParamState") from None
+    if not hasattr(state, "value") or isinstance(state, brainstate.ShortTermState):
+        raise ArgumentError(f"{layer}: param_type={_type_name(param_type)} returned {type(state).__name__} for "
+                            f"'{name}', expected a state with a .value (brainstate.ParamState, LongTermState or "
+                            f"FakeState)")
+    return state
 
 
 def value_of(state):

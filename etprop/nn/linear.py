@@ -27,6 +27,16 @@ created in JAX's default float dtype (float32, or float64 under ``jax_enable_x64
 the weight carries a unit and no ``b_init`` is given, the bias is zero in the weight's unit
 (the output's unit for unitless inputs).
 
+Parameter holders
+-----------------
+Every layer takes braintrace's ``param_type=``: the class that holds each of its arrays,
+called as ``param_type(value)``. The default, `brainstate.ParamState`, is trainable; a
+subclass of it is trainable too (and lets a script select those parameters by class,
+``model.states(MyParam)``); `brainstate.LongTermState` or `brainstate.FakeState` hold frozen
+arrays (etprop differentiates only `ParamState`s: a frozen array is a constant of the step and
+gets no gradient). A layer with several arrays (``weight``, ``bias``, ...) holds each in its
+own ``param_type`` state, where braintrace holds one dict in one.
+
 ==================  ============================  =================================  =====================
 layer               operator                      parameters                         D-RTRL trace kind
 ==================  ============================  =================================  =====================
@@ -57,10 +67,10 @@ import numpy as np
 from jax.experimental import sparse as jsparse
 
 from etprop import operators as ops
-from etprop.errors import ArgumentError, OperandError
+from etprop.errors import ArgumentError, NotSupportedError, OperandError
 from etprop.nn.compat import accepts_keywords
-from etprop.nn.initializers import (LECUN, ZEROS, Init, as_key, bias_init, init_array, maybe_param, positive_int,
-                                    split_keys, value_of)
+from etprop.nn.initializers import (LECUN, ZEROS, Init, as_key, bias_init, init_array, maybe_param, new_param,
+                                    param_holder, positive_int, split_keys, value_of)
 from etprop.operators.sparse import as_bcoo
 
 __all__ = ["Linear", "SparseLinear", "LoRA", "Embedding", "GroupedLinear"]
@@ -105,6 +115,8 @@ class Linear(brainstate.nn.Module):
       w_init: initial weight, default LeCun normal (std ``1/sqrt(I)``).
       b_init: initial bias, default zeros.
       key: seed or PRNG key for the initialisers (see module doc).
+      param_type: the class holding ``weight`` and ``bias`` (braintrace's keyword; see the
+        module doc), default `brainstate.ParamState`; both are of this class.
 
     States: none. Parameters: ``weight`` ``(I, O)``, ``bias`` ``(O,)``.
 
@@ -115,15 +127,18 @@ class Linear(brainstate.nn.Module):
     """
 
     def __init__(self, in_size: int, out_size: int, bias: bool = True, w_mask=None, sign=None, *,
-                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
+                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None, param_type=None):
         super().__init__(name=name)
         self.in_features = positive_int(in_size, "in_size")
         self.out_features = positive_int(out_size, "out_size")
         self.in_size, self.out_size = (self.in_features,), (self.out_features,)
         shape = (self.in_features, self.out_features)
+        holder = param_holder(param_type, "Linear")
         k_w, k_b = split_keys(key, 2)
-        self.weight = brainstate.ParamState(init_array(LECUN if w_init is None else w_init, k_w, shape, "weight"))
-        self.bias = maybe_param(bias, bias_init(b_init, self.weight.value), k_b, (self.out_features,), "bias")
+        self.weight = new_param(holder, init_array(LECUN if w_init is None else w_init, k_w, shape, "weight"),
+                                "Linear", "weight")
+        self.bias = maybe_param(bias, bias_init(b_init, self.weight.value), k_b, (self.out_features,), "bias",
+                                holder, "Linear")
         self.w_mask = None if w_mask is None else _check_mask(w_mask, shape)
         self.sign = None if sign is None else _check_sign(sign, shape)
         self._weight_fn = _constraint_fn(self.w_mask, self.sign)
@@ -178,6 +193,7 @@ class SparseLinear(brainstate.nn.Module):
         (one over the root of the mean fan-in).
       b_init: initial bias, default zeros.
       key: seed or PRNG key.
+      param_type: the class holding ``weight`` and ``bias`` (see the module doc).
 
     States: none. Parameters: ``weight`` ``(nse,)``, ``bias`` ``(O,)``.
 
@@ -186,7 +202,7 @@ class SparseLinear(brainstate.nn.Module):
     """
 
     def __init__(self, sparse_mat, bias: bool = True, *, w_init: Init = None, b_init: Init = None, key=None,
-                 name: str | None = None):
+                 name: str | None = None, param_type=None):
         super().__init__(name=name)
         if not isinstance(sparse_mat, (tuple, list)):  # a matrix: BCOO/BCSR, brainevent or brainunit CSR/...
             try:
@@ -219,8 +235,10 @@ class SparseLinear(brainstate.nn.Module):
             else:
                 std = 1.0 / math.sqrt(max(1.0, nse / shape[1]))
                 w_init = jax.nn.initializers.normal(std)
-        self.weight = brainstate.ParamState(init_array(w_init, k_w, (nse,), "weight"))
-        self.bias = maybe_param(bias, bias_init(b_init, self.weight.value), k_b, (shape[1],), "bias")
+        holder = param_holder(param_type, "SparseLinear")
+        self.weight = new_param(holder, init_array(w_init, k_w, (nse,), "weight"), "SparseLinear", "weight")
+        self.bias = maybe_param(bias, bias_init(b_init, self.weight.value), k_b, (shape[1],), "bias", holder,
+                                "SparseLinear")
         self.structure = jsparse.BCOO((jnp.zeros((nse,), jnp.float32), indices), shape=shape)
 
     def todense(self) -> jax.Array:
@@ -236,11 +254,21 @@ class SparseLinear(brainstate.nn.Module):
 
 @accepts_keywords({"in_features": "in_size", "out_features": "out_size", "lora_rank": "rank"})
 class LoRA(brainstate.nn.Module):
-    r"""Low-rank layer :math:`y = \alpha\, x\, B A + b` through `etprop.lora_matmul`.
+    r"""Low-rank layer, optionally added to a base layer, through `etprop.lora_matmul`.
+
+    .. math::
+
+        y = \alpha\, x\, B A + b \;+\; f(x)
 
     :math:`B` ``(I, r)`` is the down-projection and :math:`A` ``(r, O)`` the
-    up-projection. For an adapter that starts as a no-op (Hu et al. 2021), pass
-    ``a_init=jax.nn.initializers.zeros`` (``B`` then learns after ``A`` has moved).
+    up-projection; :math:`f` is the optional ``base_module`` (absent: :math:`f = 0`), the
+    layer being adapted, called on the same ``x``. For an adapter that starts as a no-op
+    (Hu et al. 2021), pass ``a_init=jax.nn.initializers.zeros`` (``B`` then learns after
+    ``A`` has moved).
+
+    braintrace's names: its ``lora_a`` ``(I, r)`` is ``B`` here and its ``lora_b``
+    ``(r, O)`` is ``A``; its fixed scale :math:`1/r` is ``alpha=1 / rank`` here (the default
+    is 1).
 
     Args:
       in_size, out_size: ``I`` and ``O``.
@@ -250,18 +278,29 @@ class LoRA(brainstate.nn.Module):
       b_init: initial ``B``, default LeCun normal (std ``1/sqrt(I)``).
       a_init: initial ``A``, default LeCun normal (std ``1/sqrt(r)``).
       bias_init: initial bias, default zeros.
+      kernel_init: braintrace's one initialiser of both factors (instead of ``b_init`` and
+        ``a_init``; each factor gets its own draw).
+      base_module: :math:`f`, a callable ``x -> (..., O)`` (e.g. an `etprop.nn.Linear`
+        ``(I, O)``) whose output is added; it must have the low-rank path's output shape.
+        A module's parameters are this layer's (``base_module.weight``, ...): they train
+        with the adapter unless held frozen (``param_type=brainstate.FakeState``).
       key: seed or PRNG key.
+      param_type: the class holding ``B``, ``A`` and ``bias`` (see the module doc).
 
-    States: none. Parameters: ``B``, ``A``, ``bias``.
+    Shapes: ``x`` ``(I,)`` or ``(batch, I)`` -> ``(O,)`` or ``(batch, O)``.
+
+    States: none (a base module's states are its own). Parameters: ``B``, ``A``, ``bias``.
 
     Online learning: ``A`` and ``bias`` have per-parameter traces under D-RTRL (each
     element drives one output); every element of ``B`` drives all outputs through the
-    rank bottleneck, so ``B`` gets the factorised trace under every algorithm.
+    rank bottleneck, so ``B`` gets the factorised trace under every algorithm. A base
+    module built on ETP operators is traced as it would be alone (its output reaches the
+    same state through the sum).
     """
 
     def __init__(self, in_size: int, out_size: int, *more, rank: int | None = None, alpha: float = 1.0,
                  bias: bool = False, b_init: Init = None, a_init: Init = None, bias_init: Init = None, key=None,
-                 name: str | None = None, base_module=None):
+                 name: str | None = None, base_module=None, kernel_init: Init = None, param_type=None):
         if more:  # braintrace's positional order is (in_features, lora_rank, out_features): refuse to guess
             raise ArgumentError(f"LoRA takes two positional sizes, LoRA(in_size, out_size, rank=...); got "
                                 f"{(in_size, out_size) + more}. braintrace's positional order is (in_features, "
@@ -269,61 +308,163 @@ class LoRA(brainstate.nn.Module):
                                 f"lora_rank= are accepted)")
         if rank is None:
             raise ArgumentError("LoRA needs rank= (braintrace's lora_rank=)")
-        if base_module is not None:
-            raise ArgumentError("LoRA(base_module=...) is not supported: add the frozen base's output yourself, "
-                                "e.g. base(x) + lora(x) with the base's weights outside ETP operators")
+        if kernel_init is not None:
+            if b_init is not None or a_init is not None:
+                raise ArgumentError("LoRA: pass kernel_init= (braintrace's initialiser of both factors) or "
+                                    "b_init=/a_init=, not both")
+            b_init = a_init = kernel_init
+        if base_module is not None and not callable(base_module):
+            raise ArgumentError(f"LoRA: 'base_module' must be callable, x -> (..., out_size) (e.g. "
+                                f"etprop.nn.Linear(in_size, out_size)), got {type(base_module).__name__}")
         super().__init__(name=name)
         self.in_features = positive_int(in_size, "in_size")
         self.out_features = positive_int(out_size, "out_size")
         self.rank = positive_int(rank, "rank")
         self.in_size, self.out_size = (self.in_features,), (self.out_features,)
         self.alpha = float(alpha)
+        self.base_module = base_module
+        holder = param_holder(param_type, "LoRA")
         k_b, k_a, k_bias = split_keys(key, 3)
-        self.B = brainstate.ParamState(init_array(LECUN if b_init is None else b_init, k_b,
-                                                  (self.in_features, self.rank), "B"))
-        self.A = brainstate.ParamState(init_array(LECUN if a_init is None else a_init, k_a,
-                                                  (self.rank, self.out_features), "A"))
+        self.B = new_param(holder, init_array(LECUN if b_init is None else b_init, k_b,
+                                              (self.in_features, self.rank), "B"), "LoRA", "B")
+        self.A = new_param(holder, init_array(LECUN if a_init is None else a_init, k_a,
+                                              (self.rank, self.out_features), "A"), "LoRA", "A")
         self.bias = maybe_param(bias, ZEROS if bias_init is None else bias_init, k_bias,
-                                 (self.out_features,), "bias")
+                                (self.out_features,), "bias", holder, "LoRA")
 
     def update(self, x):
-        """``x``: ``(I,)`` or ``(B, I)`` -> ``(O,)`` or ``(B, O)``."""
-        return ops.lora_matmul(x, self.B.value, self.A.value, alpha=self.alpha, bias=value_of(self.bias))
+        """``x``: ``(I,)`` or ``(B, I)`` -> ``(O,)`` or ``(B, O)``: the low-rank path plus
+        ``base_module(x)``."""
+        y = ops.lora_matmul(x, self.B.value, self.A.value, alpha=self.alpha, bias=value_of(self.bias))
+        if self.base_module is None:
+            return y
+        base = self.base_module(x)
+        if tuple(u.math.shape(base)) != tuple(u.math.shape(y)):
+            raise ArgumentError(f"LoRA: base_module returned shape {tuple(u.math.shape(base))} for an input of "
+                                f"shape {tuple(u.math.shape(x))}, expected {tuple(u.math.shape(y))} (the low-rank "
+                                f"path's output); give a base layer ({self.in_features} -> {self.out_features})")
+        return y + base
 
 
 # -- Embedding -------------------------------------------------------------------------------------
 
+_RENORM_EPS = 1e-7  # torch's: a row of norm n > max_norm is scaled by max_norm / (n + eps)
+
+
 @accepts_keywords({"embedding_size": "features", "embedding_init": "w_init"})
 class Embedding(brainstate.nn.Module):
-    r"""Trainable lookup table :math:`y = W[\text{index}]` through `etprop.embedding`.
+    r"""Lookup table :math:`y = W[\text{index}]` through `etprop.embedding`, with torch's options.
+
+    With ``max_norm`` (:math:`m`) a looked-up row whose ``norm_type``-norm (:math:`p`)
+    exceeds :math:`m` is scaled down to it:
+
+    .. math::
+
+        y = W_v \cdot s_v, \qquad
+        s_v = \begin{cases} m / (\lVert W_v \rVert_p + 10^{-7}) & \lVert W_v \rVert_p > m \\
+                            1 & \text{otherwise} \end{cases}
+
+    and the scale is not differentiated (as torch, which renormalises the table in place
+    without gradient): :math:`\partial y / \partial W_v = I`. The stored table is not
+    rewritten (a parameter stays fixed during a step in etprop), so only the looked-up
+    values are bounded; the padding row is never rescaled.
 
     Args:
       num_embeddings: table size ``V``.
-      features: ``F``.
-      w_init: initial table ``(V, F)``, default standard normal.
+      features: ``F`` (braintrace's ``embedding_size``).
+      w_init: initial table ``(V, F)`` (braintrace's ``embedding_init``), default standard
+        normal.
+      padding_idx: a row ``p`` in ``[-V, V)`` (negative counts from the end, as in torch):
+        it starts at zero and its gradient is zero (a lookup of ``p`` contributes none), so
+        it stays a fixed pad under training.
+      max_norm: :math:`m > 0`, see above; None: no renormalisation.
+      norm_type: :math:`p > 0` (``inf`` for the max norm), default 2.
+      scale_grad_by_freq: accepted as ``False`` only (the frequency is over a batch, which
+        etprop's per-sample trace does not see).
+      freeze: hold the table frozen: in a `brainstate.LongTermState` (or a non-trainable
+        ``param_type``), so it is a constant of the step and gets no gradient.
       key: seed or PRNG key.
+      param_type: the class holding the table (see the module doc); with ``freeze`` it must
+        not be a `ParamState`.
 
     Shapes: integer indices ``()`` or ``(B,)`` -> ``(F,)`` or ``(B, F)``. Concrete
     out-of-range indices raise `etprop.OperandError`; traced ones give NaN rows.
 
-    States: none. Parameters: ``weight`` ``(V, F)``.
+    States: none. Parameters: ``weight`` ``(V, F)`` (none when frozen).
 
     Online learning: ``W[v, f]`` drives feature ``f`` only, so D-RTRL keeps a
-    per-parameter trace when the embedding drives a hidden state of shape ``(F,)``.
+    per-parameter trace when the embedding drives a hidden state of shape ``(F,)``; the
+    renormalisation and the padding row's zero gradient act on the looked-up rows, after
+    the operator, and leave that structure intact.
     """
 
-    def __init__(self, num_embeddings: int, features: int, *, w_init: Init = None, key=None,
-                 name: str | None = None):
+    def __init__(self, num_embeddings: int, features: int, w_init: Init = None, padding_idx: int | None = None,
+                 max_norm: float | None = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+                 freeze: bool = False, name: str | None = None, param_type=None, *, key=None):
         super().__init__(name=name)
         self.num_embeddings = positive_int(num_embeddings, "num_embeddings")
         self.features = positive_int(features, "features")
         self.out_size = (self.features,)
+        self.padding_idx = self._check_padding_idx(padding_idx)
+        self.max_norm, self.norm_type = self._check_max_norm(max_norm, norm_type)
+        if scale_grad_by_freq:
+            raise NotSupportedError("Embedding: scale_grad_by_freq=True is not supported: the word frequencies are "
+                                    "counted over a batch, which etprop's per-sample traces do not see; leave it "
+                                    "False")
+        self.scale_grad_by_freq = False
+        if not isinstance(freeze, (bool, np.bool_)):
+            raise ArgumentError(f"Embedding: 'freeze' must be True or False, got {freeze!r}")
+        self.freeze = bool(freeze)
+        holder = param_holder(brainstate.LongTermState if self.freeze and param_type is None else param_type,
+                              "Embedding")
         init = jax.nn.initializers.normal(1.0) if w_init is None else w_init
-        self.weight = brainstate.ParamState(init_array(init, as_key(key), (self.num_embeddings, self.features),
-                                                       "weight"))
+        table = init_array(init, as_key(key), (self.num_embeddings, self.features), "weight")
+        if self.padding_idx is not None:  # the pad starts at zero (torch, brainstate)
+            mantissa, unit = u.split_mantissa_unit(table)
+            mantissa = mantissa.at[self.padding_idx].set(0)
+            table = mantissa if isinstance(table, jax.Array) else u.Quantity(mantissa, unit=unit)
+        self.weight = new_param(holder, table, "Embedding", "weight")
+        if self.freeze and isinstance(self.weight, brainstate.ParamState):
+            raise ArgumentError(f"Embedding: freeze=True with param_type={type(self.weight).__name__} (a trainable "
+                                f"ParamState): leave param_type out (the frozen table is then a "
+                                f"brainstate.LongTermState) or give a non-trainable one (brainstate.FakeState)")
+
+    def _check_padding_idx(self, padding_idx):
+        if padding_idx is None:
+            return None
+        v = self.num_embeddings
+        if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) \
+                or not -v <= padding_idx < v:
+            raise ArgumentError(f"Embedding: 'padding_idx' must be an int in [-{v}, {v}) (a row of the "
+                                f"{v}-row table), got {padding_idx!r}")
+        return int(padding_idx) % v
+
+    @staticmethod
+    def _check_max_norm(max_norm, norm_type):
+        real = lambda a: isinstance(a, (int, float, np.integer, np.floating)) and not isinstance(a, bool)
+        if max_norm is not None and not (real(max_norm) and max_norm > 0 and math.isfinite(max_norm)):
+            raise ArgumentError(f"Embedding: 'max_norm' must be a positive number (or None), got {max_norm!r}")
+        if not (real(norm_type) and norm_type > 0):
+            raise ArgumentError(f"Embedding: 'norm_type' must be a positive number (inf for the max norm), got "
+                                f"{norm_type!r}")
+        return (None if max_norm is None else float(max_norm)), float(norm_type)
 
     def update(self, indices):
-        return ops.embedding(indices, self.weight.value)
+        """``indices`` ``()`` or ``(B,)`` integers -> rows ``(F,)`` or ``(B, F)``."""
+        y = ops.embedding(indices, self.weight.value)
+        if self.max_norm is None and self.padding_idx is None:
+            return y
+        rows, unit = u.split_mantissa_unit(y)
+        pad = None if self.padding_idx is None else (jnp.asarray(indices) == self.padding_idx)[..., None]
+        if self.max_norm is not None:
+            norm = jnp.linalg.norm(rows, ord=self.norm_type, axis=-1, keepdims=True)
+            scale = jnp.where(norm > self.max_norm, self.max_norm / (norm + _RENORM_EPS), 1.0)
+            if pad is not None:
+                scale = jnp.where(pad, 1.0, scale)
+            rows = rows + jax.lax.stop_gradient(rows * scale.astype(rows.dtype) - rows)  # value rows * s, slope 1
+        if pad is not None:
+            rows = jnp.where(pad, jax.lax.stop_gradient(rows), rows)
+        return rows if unit.is_unitless and unit.factor == 1.0 else u.Quantity(rows, unit=unit)
 
 
 # -- GroupedLinear ---------------------------------------------------------------------------------
@@ -343,6 +484,7 @@ class GroupedLinear(brainstate.nn.Module):
       w_init: initial weight ``(G, I, O)``, default LeCun normal per group (std ``1/sqrt(I)``).
       b_init: initial bias, default zeros.
       key: seed or PRNG key.
+      param_type: the class holding ``weight`` and ``bias`` (see the module doc).
 
     Shapes: ``x`` ``(G, I)`` or ``(B, G, I)`` -> ``(G, O)`` or ``(B, G, O)``.
 
@@ -353,7 +495,7 @@ class GroupedLinear(brainstate.nn.Module):
     """
 
     def __init__(self, num_groups: int, in_size: int, out_size: int, bias: bool = True, *,
-                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None):
+                 w_init: Init = None, b_init: Init = None, key=None, name: str | None = None, param_type=None):
         super().__init__(name=name)
         self.num_groups = positive_int(num_groups, "num_groups")
         self.in_features = positive_int(in_size, "in_size")
@@ -363,9 +505,11 @@ class GroupedLinear(brainstate.nn.Module):
         k_w, k_b = split_keys(key, 2)
         init = jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,)) if w_init is None \
             else w_init
-        self.weight = brainstate.ParamState(init_array(init, k_w, self.in_size[:1] + (self.in_features,
-                                                                                    self.out_features), "weight"))
-        self.bias = maybe_param(bias, bias_init(b_init, self.weight.value), k_b, self.out_size, "bias")
+        holder = param_holder(param_type, "GroupedLinear")
+        w_shape = (self.num_groups, self.in_features, self.out_features)
+        self.weight = new_param(holder, init_array(init, k_w, w_shape, "weight"), "GroupedLinear", "weight")
+        self.bias = maybe_param(bias, bias_init(b_init, self.weight.value), k_b, self.out_size, "bias", holder,
+                                "GroupedLinear")
 
     def update(self, x):
         return ops.grouped_matmul(x, self.weight.value, value_of(self.bias))

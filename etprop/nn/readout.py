@@ -14,8 +14,10 @@ import brainstate
 import brainunit as u
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from etprop import operators as ops
+from etprop.errors import ArgumentError
 from etprop.nn.neurons import LIF, TimeConstant, batch_shape, filled, to_size
 
 __all__ = ["LeakyRateReadout", "LeakySpikeReadout", "init_weight"]
@@ -52,11 +54,11 @@ class LeakyRateReadout(brainstate.nn.Module):
 
     .. math::
 
-        d = e^{-\Delta t/\tau}, \qquad r^t = d\, r^{t-1} + (1 - d)\,(x^t W + b)
+        d = e^{-\Delta t/\tau}, \qquad r^t = d\, r^{t-1} + (1 - d)\,(x^t W + b), \qquad r^0 = r_\text{init}
 
     Returns ``r^t``, shape ``(out_size,)`` or ``(batch, out_size)``.
 
-    States: ``r`` (S = 1 per output).
+    States: ``r`` (S = 1 per output), made by ``init_state`` / ``reset_state`` from ``r_init``.
 
     Online learning: ``weight`` (and ``bias``) go through ``etprop.matmul`` and are
     traced into ``r``; ``r``'s Jacobian is diagonal, so the trace of ``W`` is exact
@@ -69,11 +71,16 @@ class LeakyRateReadout(brainstate.nn.Module):
       w_init: weight array, initializer or None (``N(0, 1/in_size)``); ``seed`` for it.
       bias: add a trainable bias (initialised to zero).
       train_tau: per-output trainable ``tau``.
+      r_init: the initial ``r`` (braintrace's keyword): None for zeros; a number, array or
+        quantity broadcast to ``(out_size,)`` (or ``(batch, out_size)``); or a callable
+        ``f(shape)`` (a ``braintools.init`` initialiser, e.g. ``Constant(0.5)``) called with
+        the full shape, batch axis included, at every ``init_state`` / ``reset_state``.
     """
 
     def __init__(self, in_size: int, out_size: int, tau=5.0 * u.ms, *, w_init=None, seed=None,
-                 bias: bool = False, train_tau: bool = False, name=None):
+                 bias: bool = False, train_tau: bool = False, r_init=None, name=None):
         super().__init__(name=name)
+        self.r_init = r_init
         self.in_size = to_size(in_size)
         self.out_size = to_size(out_size)
         if len(self.in_size) != 1 or len(self.out_size) != 1:
@@ -87,11 +94,32 @@ class LeakyRateReadout(brainstate.nn.Module):
         self._tau = TimeConstant(self, "tau", tau, self.varshape, train_tau)
         self.init_state()
 
+    def _initial_r(self, batch_size):
+        shape = batch_shape(self.varshape, batch_size)
+        init = self.r_init
+        if init is None:
+            return filled(shape, 0.0)
+        try:
+            value = init(shape) if callable(init) else init
+        except (TypeError, ValueError) as err:
+            raise ArgumentError(f"LeakyRateReadout: r_init failed for shape {shape}: {err}. Give a number, an array "
+                                f"or quantity broadcastable to {shape}, or a callable f(shape) such as a "
+                                f"braintools.init initialiser") from None
+        got = np.shape(u.get_mantissa(value))
+        try:
+            ok = np.broadcast_shapes(got, shape) == shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ArgumentError(f"LeakyRateReadout: r_init has shape {got}, which does not broadcast to r's shape "
+                                f"{shape}")
+        return filled(shape, value)
+
     def init_state(self, batch_size=None, **kwargs):
-        self.r = brainstate.HiddenState(filled(batch_shape(self.varshape, batch_size), 0.0))
+        self.r = brainstate.HiddenState(self._initial_r(batch_size))
 
     def reset_state(self, batch_size=None, **kwargs):
-        self.r.value = filled(batch_shape(self.varshape, batch_size), 0.0)
+        self.r.value = self._initial_r(batch_size)
 
     def update(self, x):
         p = self.weight.value

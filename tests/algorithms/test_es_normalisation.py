@@ -7,7 +7,6 @@ written out here in plain JAX on the same leaky integrator, to measure its bias 
 import brainstate as bs
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import etprop

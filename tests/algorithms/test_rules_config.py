@@ -9,7 +9,7 @@ from tests.algorithms.models import ElementwiseRNN
 
 EXPECTED = {"d_rtrl": "D_RTRL", "es_d_rtrl": "ES_D_RTRL", "hybrid": "HybridDimVjpAlgorithm", "eprop": "EProp",
             "ostl_recurrent": "OSTLRecurrent", "ostl_feedforward": "OSTLFeedforward", "three_factor": "ThreeFactor",
-            "rtrl": "RTRL", "snap": "SnAp", "uoro": "UORO", "bptt": "BPTT"}
+            "rtrl": "RTRL", "snap": "SnAp", "uoro": "UORO", "bptt": "BPTT", "dni": "DNI"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
