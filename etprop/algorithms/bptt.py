@@ -50,8 +50,25 @@ class BPTT(OnlineAlgorithm):
         self.reset_traces()
         return self
 
+    def approximations(self) -> dict[str, str]:
+        """None: the gradient is BPTT's by definition."""
+        return {}
+
     def describe_kind(self, rel, kind):
         return "exact (BPTT over the window)"
+
+    def report(self) -> str:
+        """The hidden groups, and every parameter's gradient: exact, by reverse mode over the sequence."""
+        self._require_graph()
+        g = self.graph
+        lines = [f"{type(self).__name__} on {type(self.model).__name__} (batch_size={self.batch_size})",
+                 "hidden groups:"]
+        lines += [f"  [{grp.index}] {', '.join(grp.names)}  shape={grp.shape}  states per position "
+                  f"S={grp.num_states}" for grp in g.groups]
+        lines.append("parameters:")
+        lines += [f"  {name} {tuple(g.param_leaf_avals[leaf].shape)}: exact gradient (reverse mode over the whole "
+                  f"sequence; memory linear in its length)" for leaf, name in enumerate(g.param_leaf_names)]
+        return "\n".join(lines)
 
     def step(self, inputs, target=None, loss_fn=None):
         raise NotSupportedError("BPTT has no per-step gradient; call etrace_grad(xs, ys, step_loss) on a sequence")

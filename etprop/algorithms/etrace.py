@@ -30,7 +30,7 @@ import numpy as np
 from etprop.algorithms.base import OnlineAlgorithm, StepSignals
 from etprop.algorithms.vjp import sum_terms
 from etprop.errors import ArgumentError, NotSupportedError
-from etprop.graph import executor
+from etprop.graph import exactness, executor
 from etprop.graph.compiler import Relation
 
 __all__ = ["D_RTRL", "ParamDimVjpAlgorithm", "ES_D_RTRL", "IODimVjpAlgorithm", "pp_prop",
@@ -58,6 +58,32 @@ class _TraceRules(OnlineAlgorithm):
     """Both trace kinds; subclasses pick one per relation."""
 
     alpha = 0.0
+    #: whether this rule's per-parameter trace is D-RTRL's recursion with the single-step
+    #: learning signal, exact (= BPTT) wherever the model's structure allows
+    exact_param_trace = False
+
+    def approximations(self) -> dict[str, str]:
+        """``{parameter: why its online gradient is not BPTT's}``. A parameter absent gets the exact
+        gradient, by the model's structure (`etprop.graph.exactness`: no dense recurrence, no state
+        with memory downstream of its group, no plain op carrying it into a state) and the rule's
+        trace (the per-parameter trace of D-RTRL; factorised traces and e-prop's are approximations)."""
+        self._require_graph()
+        out = dict(exactness.gaps(self.graph))
+        for i, r in enumerate(self.graph.relations):
+            kind = self._kinds[i]
+            if kind != "param" or not self.exact_param_trace:
+                out.setdefault(r.leaf_name, f"{self.describe_kind(r, kind)}: an approximation of the trace")
+        return out
+
+    def report(self) -> str:
+        """The graph report, then which parameters get BPTT's gradient and which an approximation."""
+        gaps = self.approximations()
+        exact = [n for n in self.graph.param_leaf_names if n not in gaps]
+        lines = ["online gradient against BPTT:"]
+        if exact:
+            lines.append("  exact: " + ", ".join(exact))
+        lines += [f"  approximate: {n}: {why}" for n, why in gaps.items()]
+        return super().report() + "\n" + "\n".join(lines)
 
     def compile_graph(self, *example_inputs, batch_size=None):
         super().compile_graph(*example_inputs, batch_size=batch_size)
@@ -155,6 +181,7 @@ class D_RTRL(_TraceRules):
     """
 
     name = "D-RTRL"
+    exact_param_trace = True
 
     def relation_kind(self, rel: Relation) -> str:
         return "param" if rel.diagonal else "io"
@@ -205,6 +232,7 @@ class HybridDimVjpAlgorithm(_TraceRules):
     small weights, always where ``S * |W| <= |x| + S * |y|``), factorised otherwise."""
 
     name = "hybrid"
+    exact_param_trace = True
 
     def __init__(self, model, decay_or_rank: float | int = 0.9):
         super().__init__(model)

@@ -148,6 +148,16 @@ class InfluenceAlgorithm(OnlineAlgorithm):
     name = "influence"
     default_chunk = 0  # no closed-form chunks: every step advances the influence
     exact_across_groups = True  # the influence spans every hidden state, whatever its shape
+    exact_influence = False  # True: the carried influence is dh/dtheta itself (RTRL)
+
+    def approximations(self) -> dict[str, str]:
+        """``{parameter: why its online gradient is not BPTT's}``: none for exact RTRL (the full
+        influence of every parameter reaching the hidden state); the estimate's for the others."""
+        lay = self.layout
+        if self.exact_influence:
+            return {}
+        return {self.graph.param_leaf_names[leaf]: f"{self.describe_leaf(leaf)}: an approximation of dh/dtheta"
+                for leaf in lay.theta_leaves}
 
     def compile_graph(self, *example_inputs, batch_size=None):
         self._layout = None
@@ -317,6 +327,7 @@ class RTRL(InfluenceAlgorithm):
     """
 
     name = "RTRL"
+    exact_influence = True
     default_max_influence_entries = 2 ** 22
 
     def __init__(self, model, max_influence_entries: int | None = None):

@@ -125,6 +125,8 @@ class ETraceGraph:
                     mem_s = f"  trace {mem} bytes/sample" if mem is not None else ""
                     lines.append(f"  {name} {shape}: traced via {r.call.primitive.name} -> group "
                                  f"[{r.group}] {algo}{mem_s}")
+                if name in self.untraced:  # traced into some groups, refused for another
+                    lines.append(f"  {name} {shape}: not traced elsewhere: {self.untraced[name]}")
             elif name in self.truncated:
                 lines.append(f"  {name} {shape}: not traced ({self.untraced.get(name, 'no ETP relation')}); "
                              f"gradient of the current step only, the state's memory of it is dropped (route it "
