@@ -54,6 +54,7 @@ def test_d_rtrl_equals_bptt(x64, name, B):
     g_bptt, l_bptt, _ = _grads(make, etprop.BPTT, xs, ys, B)
     assert np.isclose(l_online, l_bptt, rtol=1e-12)
     assert _rel_err(g_online, g_bptt) <= 1e-6, learner.report()
+    assert learner.approximations() == {}, learner.report()  # the report calls it exact
     # the test must not pass trivially: traces carried real history
     assert all(float(jnp.max(jnp.abs(x))) > 0 for x in jax.tree.leaves(g_bptt))
 
@@ -183,11 +184,12 @@ def test_approximation_cosine_floor(x64, name, algo):
     make, n_in, n_out = _APPROX_MODELS[name]
     xs, ys = _data(n_in, n_out, T=20, B=4, scale=1.5)
     if algo == "es":
-        g, _, _ = _grads(make, etprop.ES_D_RTRL, xs, ys, 4, decay_or_rank=0.9)
+        g, _, learner = _grads(make, etprop.ES_D_RTRL, xs, ys, 4, decay_or_rank=0.9)
     else:
-        g, _, _ = _grads(make, etprop.D_RTRL, xs, ys, 4)
+        g, _, learner = _grads(make, etprop.D_RTRL, xs, ys, 4)
     g_bptt, _, _ = _grads(make, etprop.BPTT, xs, ys, 4)
     assert _cos(g, g_bptt) >= APPROX[(name, algo)]
+    assert learner.approximations(), learner.report()  # and the report says it approximates
 
 
 def test_reset_returns_hidden_and_traces_to_start(x64):

@@ -102,6 +102,7 @@ def test_d_rtrl_equals_bptt_on_feedforward_brainpy_networks(precision64, name):
     assert np.isclose(float(loss), float(ref_loss), rtol=1e-10)
     errs = {k: rel_err(grads[k], ref[k]) for k in ref}
     assert max(errs.values()) <= 1e-6, (errs, learner.report())
+    assert learner.approximations() == {}, learner.report()  # and the report calls every leaf exact
     # the input layer's weight is traced, with its unit
     assert "proj.comm.weight" in {r.leaf_name for r in learner.graph.relations}
     assert u.get_unit(learner.params()["proj.comm.weight"]) == u.get_unit(grads["proj.comm.weight"])
