@@ -100,3 +100,46 @@ def train_with_braintools(learner, model, xs, ys, *, lr: float, updates: int) ->
         learner.reset()
         losses.append(float(train(xs, ys)))
     return losses
+
+
+# -- helpers shared by the learner tests (tests/algorithms, tests/nn) ----------------------------
+
+def seq_data(model_in, model_out, T, B, seed=1, scale=1.0):
+    """``(xs, ys)``: normal inputs (times ``scale``) and targets, leading ``(T,)`` or ``(T, B)``."""
+    import jax
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    lead = (T,) if B is None else (T, B)
+    return (jax.random.normal(k1, lead + (model_in,)) * scale, jax.random.normal(k2, lead + (model_out,)))
+
+
+def zero_init_grads(model_fn, algo, xs, ys, B=None, **opts):
+    """``(grads, loss, learner)`` of ``etrace_grad(xs, ys, mse)`` on ``model_fn()`` compiled with
+    ``algo``; with ``B`` every hidden state is zeroed with a leading batch axis first."""
+    import brainstate as bs
+    import jax.numpy as jnp
+
+    import etprop
+    from tests.algorithms.models import mse
+
+    model = model_fn()
+    if B is not None:
+        for st_ in model.states(bs.HiddenState).values():
+            st_.value = jnp.zeros((B,) + st_.value.shape)
+    learner = etprop.compile(model, algo, xs[0], batch_size=B, **opts)
+    grads, loss = learner.etrace_grad(xs, ys, mse)
+    return grads, loss, learner
+
+
+def plain_rel_err(a, b):
+    """Largest ``max|a - b| / max|b|`` over matching leaves (plain arrays)."""
+    import jax.numpy as jnp
+    a, b = jax.tree.leaves(a), jax.tree.leaves(b)
+    return max(float(jnp.max(jnp.abs(x - y)) / (jnp.max(jnp.abs(y)) + 1e-30)) for x, y in zip(a, b))
+
+
+def plain_cos(a, b):
+    """Cosine between two pytrees of plain arrays, all leaves concatenated."""
+    import jax.numpy as jnp
+    a = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(a)])
+    b = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(b)])
+    return float(a @ b / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))

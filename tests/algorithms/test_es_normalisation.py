@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 import etprop
-from tests.algorithms.test_exactness import _cos, _rel_err
+from tests.conftest import plain_cos as _cos, plain_rel_err as _rel_err
 
 
 class LeakyIntegrator(bs.nn.Module):

@@ -9,33 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 import etprop
 from tests.algorithms.models import ALIF, DenseGRU, ElementwiseRNN, LIFExpSyn, mse
-
-
-def _data(model_in, model_out, T, B, seed=1, scale=1.0):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    lead = (T,) if B is None else (T, B)
-    return (jax.random.normal(k1, lead + (model_in,)) * scale, jax.random.normal(k2, lead + (model_out,)))
-
-
-def _grads(model_fn, algo, xs, ys, B=None, **opts):
-    model = model_fn()
-    if B is not None:
-        for st_ in model.states(bs.HiddenState).values():
-            st_.value = jnp.zeros((B,) + st_.value.shape)
-    learner = etprop.compile(model, algo, xs[0], batch_size=B, **opts)
-    grads, loss = learner.etrace_grad(xs, ys, mse)
-    return grads, loss, learner
-
-
-def _rel_err(a, b):
-    a, b = jax.tree.leaves(a), jax.tree.leaves(b)
-    return max(float(jnp.max(jnp.abs(x - y)) / (jnp.max(jnp.abs(y)) + 1e-30)) for x, y in zip(a, b))
-
-
-def _cos(a, b):
-    a = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(a)])
-    b = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(b)])
-    return float(a @ b / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))
+from tests.conftest import plain_cos as _cos, plain_rel_err as _rel_err, seq_data as _data, zero_init_grads as _grads
 
 
 MODELS = {

@@ -8,7 +8,7 @@ import pytest
 
 import etprop
 from tests.algorithms.models import ALIF, DenseGRU, ElementwiseRNN, mse
-from tests.algorithms.test_exactness import _cos, _data, _grads, _rel_err
+from tests.conftest import plain_cos as _cos, seq_data as _data, zero_init_grads as _grads, plain_rel_err as _rel_err
 
 
 def _batched(model, B):

@@ -7,7 +7,7 @@ import optax
 
 import etprop
 from tests.algorithms.models import ElementwiseRNN, mse
-from tests.algorithms.test_exactness import _data, _rel_err
+from tests.conftest import seq_data as _data, plain_rel_err as _rel_err
 
 
 def test_train_online_equals_manual_step_loop(x64):

@@ -8,8 +8,8 @@ import pytest
 
 import etprop
 from etprop import nn as enn
-from tests.algorithms.test_exactness import _rel_err
-from tests.nn.test_neurons import data, grads
+from tests.conftest import plain_rel_err as _rel_err
+from tests.nn.conftest import data, grads
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from etprop import nn as enn
-from tests.nn.test_neurons import FF, check_exact, count_spikes
+from tests.nn.conftest import FF, check_exact, count_spikes
 
 
 @pytest.fixture(autouse=True)
