@@ -7,7 +7,8 @@ from etprop.algorithms.etrace import (D_RTRL, ES_D_RTRL, HybridDimVjpAlgorithm, 
                                       ParamDimVjpAlgorithm, pp_prop)
 from etprop.algorithms.eprop import EProp
 from etprop.algorithms.ostl import OSTLFeedforward, OSTLRecurrent
-from etprop.algorithms.rtrl import RTRL, SnAp
+from etprop.algorithms.rtrl import RTRL
+from etprop.algorithms.snap import SnAp
 from etprop.algorithms.rules import RuleConfig, rule
 from etprop.algorithms.three_factor import ThreeFactor
 from etprop.algorithms.uoro import UORO

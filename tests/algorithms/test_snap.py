@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import etprop
-from etprop.algorithms.rtrl import greedy_coloring, snap_pattern
+from etprop.algorithms.snap import greedy_coloring, snap_pattern
 from tests.algorithms.influence_models import RingRNN, VanillaRNN, cos, data, grads_of, rel_err
 from tests.algorithms.models import ALIF, DenseGRU, ElementwiseRNN, LIFExpSyn
 
