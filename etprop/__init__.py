@@ -49,6 +49,10 @@ COMPAT = {
     "ETPCall": ("etprop.primitive", "ETPCall"),
     "get_primitive": ("etprop.primitive", "get_primitive"),
     "lookup_call": ("etprop.primitive", "lookup_call"),
+    # braintrace's base classes, for isinstance checks in ports (subclassing follows etprop's hooks)
+    "ETraceAlgorithm": ("etprop.algorithms.base", "OnlineAlgorithm"),
+    "ETraceVjpAlgorithm": ("etprop.algorithms.base", "OnlineAlgorithm"),
+    "SequenceDriverMixin": ("etprop.algorithms.drivers", "SequenceDrivers"),
 }
 
 
