@@ -13,7 +13,8 @@ __all__ = ["compile"]
 
 
 def compile(model, algorithm, *example_inputs, batch_size: int | None = None, seed: int | None = None,
-            verbose: int = 0, vmap: bool = False, cross_shape: str = "error", **options) -> OnlineAlgorithm:
+            verbose: int = 0, vmap: bool = False, cross_shape: str = "error", check_finite: bool = True,
+            **options) -> OnlineAlgorithm:
     """Build the learner ``algorithm`` for ``model`` and compile it on ``example_inputs``.
 
     Args:
@@ -38,6 +39,12 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
       cross_shape: ``"error"`` (default) or ``"warn"``: what to do when hidden states of
         different shapes depend on each other outside an ETP operator (see
         `OnlineAlgorithm.cross_shape`).
+      check_finite: check inputs, parameters, hidden states, traces, outputs, losses and
+        gradients for NaN/inf (default). etprop's drivers raise `etprop.NumericalError` naming
+        the first bad one and its step; ``learner(x)`` called inside your own ``jit``/``grad``/
+        ``vmap`` makes JAX raise it (a runtime error whose message ends
+        ``etprop.NumericalError: ...``) when the result is materialised. ``False`` traces no
+        check at all; ``learner.check_finite`` changes it later.
       **options: algorithm options, e.g. ``decay_or_rank=0.9``.
 
     Example::
@@ -55,6 +62,8 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
         raise ArgumentError(f"batch_size must be a positive int or None, got {batch_size!r}")
     if verbose not in (0, 1, 2):
         raise ArgumentError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise ArgumentError(f"check_finite must be True or False, got {check_finite!r}")
     if vmap and batch_size is None:
         raise ArgumentError("vmap=True needs batch_size= (the size of the example inputs' leading axis)")
     if seed is not None:
@@ -72,6 +81,7 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
     else:
         learner = cls(model, **options)
     learner.cross_shape = cross_shape
+    learner.check_finite = bool(check_finite)
     learner.compile_graph(*example_inputs, batch_size=batch_size)
     if verbose:
         print(learner.report())

@@ -37,6 +37,7 @@ import numpy as np
 from etprop.errors import ArgumentError, NotSupportedError, OperandError
 from etprop.algorithms.chunked import make_chunk
 from etprop.algorithms.drivers import SequenceDrivers, as_args
+from etprop.algorithms.finite import call_window
 from etprop.algorithms.vjp import batch_sum, online_custom_vjp, sum_terms, tree_sum0
 from etprop.fncache import LRUCache
 from etprop.graph import executor
@@ -482,7 +483,7 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
         mf = self.graph.mf
         params, hidden, others = mf.values()
         params = dict(zip(mf.param_names, params))
-        out, h2, o2, tr2 = self.run_window(params, hidden, others, self.etrace.value, seq)
+        out, h2, o2, tr2 = call_window(self, params, hidden, others, self.etrace.value, seq)  # + finite checks
         mf.write(h2, o2)
         self.etrace.value = tr2
         return out if multi else jax.tree.map(lambda a: a[0], out)
@@ -498,8 +499,7 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
         self._check_args(args, False)
         seq = jax.tree.map(lambda a: jnp.expand_dims(a, 0), args)
         ys = None if target is None else jax.tree.map(lambda a: jnp.expand_dims(a, 0), target)
-        grads, losses, out = self._run_sequence(seq, ys, loss_fn, None, window=1, return_out=True)
-        self._check_finite("step", args, grads, losses)
+        grads, losses, out = self._run_sequence(seq, ys, loss_fn, None, window=1, return_out=True, where="step")
         return jax.tree.map(lambda a: a[0], out), grads, losses[0]
 
 def unflatten_out_seq(graph: ETraceGraph, outs):

@@ -1,6 +1,7 @@
 """The sequence drivers of the trace learners: `etrace_grad` (both calling conventions),
 `etrace_evolve`, `train_online` (an optimiser update at every step), `sequence_fn` and the
-jitted scans behind them, and the finite check that names what went NaN.
+jitted scans behind them, and the finite check that names what went NaN (`check_finite`; the
+flags are reduced on device inside the scans and read once per call: `etprop.algorithms.finite`).
 
 A mixin of `OnlineAlgorithm`: the drivers use the learner's compiled graph, its window function
 (`run_window`) and its state handling; they scan windows or closed-form chunks over a sequence
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from etprop.algorithms import finite
 from etprop.algorithms.sequence import REDUCTIONS, check_chunk_size, step_fn_evolve, step_fn_grad
 from etprop.errors import ArgumentError, NotSupportedError, NumericalError
 from etprop.fncache import split as split_fn
@@ -30,6 +32,13 @@ def _mantissa(x):
 
 class SequenceDrivers:
     """`etrace_grad`, `etrace_evolve`, `train_online`, `sequence_fn` (see `OnlineAlgorithm`)."""
+
+    #: check inputs, parameters, hidden states, traces, outputs, losses and gradients for NaN/inf
+    #: (`etprop.algorithms.finite`): the drivers raise `NumericalError` naming the first bad one and
+    #: its step; ``learner(x)`` inside the user's jit/grad/vmap makes JAX raise it when the result
+    #: is materialised. ``etprop.compile(..., check_finite=False)`` or ``learner.check_finite =
+    #: False`` turns it off (nothing is traced; retrace your own jitted functions after changing it).
+    check_finite = True
 
     def etrace_grad(self, *sequences, step_fn: Callable | None = None, mask=None, chunk_size: int | None = None,
                     weights=None, reduction: str | None = None, loss_output: str = "per_step",
@@ -72,7 +81,7 @@ class SequenceDrivers:
                 raise ArgumentError(f"etrace_grad(..., step_fn=...) is braintrace's convention; {bad} belong to "
                                     f"etprop's etrace_grad(xs, ys, step_loss): use chunk_size= for windows and "
                                     f"return_value=True for the losses")
-            return step_fn_grad(self.model, self._jit_cache, self._check_finite, sequences, step_fn, mask=mask,
+            return step_fn_grad(self.model, self._jit_cache, self.check_finite, sequences, step_fn, mask=mask,
                                 chunk_size=chunk_size, weights=weights,
                                 reduction="mean" if reduction is None else reduction, loss_output=loss_output,
                                 has_aux=has_aux, return_value=return_value)
@@ -100,12 +109,12 @@ class SequenceDrivers:
             raise ArgumentError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         args = as_args(xs, multi=True)
         self._check_args(args, True)
-        grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, chunk_size=closed_form_chunk)
+        grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, chunk_size=closed_form_chunk,
+                                           where="etrace_grad")
         if reduction == "mean":
             scale = 1.0 / jnp.maximum(jnp.sum(jnp.ones_like(losses) if mask is None else jnp.asarray(mask)), 1.0)
             grads = jax.tree.map(lambda g: g * scale, grads)
             losses = losses * scale
-        self._check_finite("etrace_grad", args, grads, losses)
         total = jnp.sum(losses)
         return (grads, total, losses) if return_losses else (grads, total)
 
@@ -116,14 +125,14 @@ class SequenceDrivers:
         slices (``chunk_size`` windows allowed); returns None, or with ``return_outputs`` the
         stacked outputs (time leading; ``(T // chunk_size, chunk_size, ...)`` in windows)."""
         self._require_graph()
-        return step_fn_evolve(self._evolve, self._jit_cache, sequences, step_fn, chunk_size=chunk_size,
-                              return_outputs=return_outputs)
+        return step_fn_evolve(self._evolve, self._jit_cache, self.check_finite, sequences, step_fn,
+                              chunk_size=chunk_size, return_outputs=return_outputs)
 
     def _evolve(self, xs):
         """Outputs of the model over ``xs`` (time leading), traces and states advanced."""
         args = as_args(xs, multi=True)
         self._check_args(args, True)
-        _, _, out = self._run_sequence(args, None, None, None, window=1, return_out=True)
+        _, _, out = self._run_sequence(args, None, None, None, window=1, return_out=True, where="etrace_evolve")
         return out
 
     default_chunk = 16
@@ -139,7 +148,7 @@ class SequenceDrivers:
         ``fn`` returns ``(grads, losses (T,), hidden', others', traces'[, outputs])``; it
         reads and writes no state, so it composes with ``jax.jit``, optimiser updates and
         checkpointing. ``window=None`` is the algorithm's default (per-step online
-        gradients; the whole sequence for BPTT).
+        gradients; the whole sequence for BPTT). It makes no finite check: read the results.
         """
         self._require_graph()
         if window is None:
@@ -149,13 +158,16 @@ class SequenceDrivers:
             mode, window = "chunk", closed_form_chunk or self.default_chunk
         scan = self._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
 
+        n_res = 6 if return_out else 5  # a trailing finite-check summary is dropped (and DCE'd under jit)
+
         def fn(params, hidden, others, traces, xs, ys, mask):
             res = scan(params, hidden, others, traces, as_args(xs, multi=True), ys, mask)
-            return (self._grads_to_dict(res[0], params),) + tuple(res[1:])
+            return (self._grads_to_dict(res[0], params),) + tuple(res[1:n_res])
 
         return fn
 
-    def _run_sequence(self, args, ys, step_loss, mask, *, window, chunk_size=None, return_out=False):
+    def _run_sequence(self, args, ys, step_loss, mask, *, window, chunk_size=None, return_out=False,
+                      where: str = "etrace_grad"):
         T = jax.tree.leaves(args)[0].shape[0]
         for path, leaf in jax.tree_util.tree_flatten_with_path(ys)[0]:
             if np.shape(leaf)[:1] != (T,):
@@ -179,20 +191,61 @@ class SequenceDrivers:
         mf = self.graph.mf
         params, hidden, others = mf.values()
         params = dict(zip(mf.param_names, params))
+        check = self.check_finite
         fn = self._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
-        res = fn(params, hidden, others, self.etrace.value, args, ys, mask)
+        start = (params, hidden, others, self.etrace.value, args, ys, mask)
+        res = fn(*start)
         acc, losses, hidden, others, traces = res[:5]
         mf.write(hidden, others)
         self.etrace.value = traces
+        if check:
+            self._raise_non_finite(where, res[-1], start, step_loss, window, mode, T)
         grads = self._grads_to_dict(acc, params)
         if return_out:
             return grads, losses, res[5]
         return grads, losses
 
+    def _scan_items(self, n_args: int, traces) -> list:
+        """The items of a driver's finite-check row (`_scan_row`), in the order they are named."""
+        return ([("input", f"input {i}") for i in range(n_args)] + finite.state_items(self, traces)
+                + [("output", ""), ("loss", "")] + [("grad", n) for n in self.graph.param_leaf_names])
+
+    def _scan_row(self, args, p_flags, hidden, traces, out, losses, grads):
+        parts = [t for _, t in finite._trace_parts(self, traces)]
+        return jnp.concatenate([finite.flags(list(args)), p_flags, finite.flags(list(hidden) + parts),
+                                finite.flags([out, losses] + list(grads))])
+
+    def _raise_non_finite(self, where, summary, start, step_loss, window, mode, T):
+        """Raise `NumericalError` if ``summary`` (one row per window) has a bad item; the step
+        of a window longer than one step is found by running the same sequence again step by
+        step (the forward and the per-step gradients are the same; only a window's
+        reverse-mode gradient is not, so it keeps the window's steps)."""
+        items = self._scan_items(len(start[4]), start[3])
+        win = min(window or T, T)
+        if finite.traced(summary):  # inside the user's jit: JAX raises it when the result is read
+            return finite.raise_host(where, items, summary, win)
+        any_bad, first, row = jax.device_get(summary)
+        if not bool(any_bad):
+            return
+        offset = int(start[2][-1]) if where == "step" else 0  # step(): the model's clock
+        first_step = int(first) * win
+        size = min(win, T - first_step)
+        if size > 1:
+            res = self._compiled_scan(step_loss, window=1, return_out=False, mode=mode)(*start)
+            any1, step1, row1 = jax.device_get(res[-1])
+            kind = items[int(np.argmax(row1))][0] if bool(any1) else None
+            inside = bool(any1) and first_step <= int(step1) < first_step + size
+            if inside and (mode == "chunk" or kind != "grad"):
+                first_step, size, row = int(step1), 1, row1
+        raise NumericalError(finite.message(where, items, row, finite.step_text(offset + first_step, size)))
+
     default_window = 1
 
     def _check_finite(self, where: str, args, grads, losses) -> None:
-        """Raise `NumericalError` naming the first non-finite thing, never return NaN silently."""
+        """Raise `NumericalError` naming the first non-finite thing, never return NaN silently
+        (from the final values: the learners with drivers of their own use it)."""
+        if not self.check_finite:
+            return
         leaves = jax.tree.leaves((grads, losses, args, self.params()))
         if any(isinstance(x, jax.core.Tracer) for x in leaves):
             return  # inside a user's transformation: nothing concrete to check
@@ -250,7 +303,8 @@ class SequenceDrivers:
         params = self.params()
         if opt_state is None:
             opt_state = optimizer.init(params)
-        key = ("online", step_loss, optimizer)
+        check = bool(self.check_finite)
+        key = ("online", step_loss, optimizer, check)
         fn = self._jit_cache.get(key)
         if fn is None:
             def run(params, opt_state, hidden, others, traces, args, ys, mask):
@@ -261,38 +315,48 @@ class SequenceDrivers:
                     def loss_of(pp):
                         out, h2, o2, tr2 = self.run_window(pp, h, o, tr, a)
                         ls = self._window_losses(step_loss, out, y, m)
-                        return jnp.sum(ls), (h2, o2, tr2)
+                        return jnp.sum(ls), (ls, out, h2, o2, tr2)
 
-                    (loss, (h2, o2, tr2)), g = jax.value_and_grad(loss_of, has_aux=True)(p)
+                    (loss, (ls, out, h2, o2, tr2)), g = jax.value_and_grad(loss_of, has_aux=True)(p)
+                    row = None
+                    if check:  # the parameters this step used, and what it computed from them
+                        p_leaves = jax.tree.leaves(self._param_tuple(p))
+                        g_leaves = jax.tree.leaves(self._param_tuple(g))
+                        row = self._scan_row(a, finite.flags(p_leaves), h2, tr2, out, ls, g_leaves)
                     updates, st = optimizer.update(g, st, p)
                     p = jax.tree.map(lambda a_, b_: a_ + b_, p, updates)
-                    return (p, st, h2, o2, tr2), loss
+                    return (p, st, h2, o2, tr2), (loss, row)
 
-                carry, losses = jax.lax.scan(body, (params, opt_state, hidden, others, traces), (args, ys, mask))
-                return carry, losses
+                carry, (losses, rows) = jax.lax.scan(body, (params, opt_state, hidden, others, traces),
+                                                     (args, ys, mask))
+                return carry, losses, (finite.summarise(rows) if check else None)
 
             fn = self._jit_cache[key] = jax.jit(run)
         mf = self.graph.mf
         _, hidden, others = mf.values()
-        (params, opt_state, hidden, others, traces), losses = fn(params, opt_state, hidden, others,
-                                                                 self.etrace.value, args, ys, mask)
+        (params, opt_state, hidden, others, traces), losses, summary = fn(params, opt_state, hidden, others,
+                                                                          self.etrace.value, args, ys, mask)
         self.set_params(params)
         mf.write(hidden, others)
         self.etrace.value = traces
-        self._check_finite("train_online", args, self.params(), losses)
+        if check:
+            items = self._scan_items(len(args), traces)
+            finite.raise_host("train_online", items, summary)
         return opt_state, losses
 
     def _compiled_scan(self, step_loss, window: int | None = None, return_out: bool = False,
                        mode: str = "window"):
         """Jitted ``fn(params, hidden, others, traces, args, ys, mask)`` over ``T = n * window``
         steps (``window=None``: the algorithm's default, None meaning the whole sequence),
-        returning ``(grad leaves, per-step losses, hidden', others', traces'[, outs])``."""
+        returning ``(grad leaves, per-step losses, hidden', others', traces'[, outs])``, and with
+        `check_finite` a last ``(any bad, first bad window, its row)`` (`_scan_items` names it)."""
         if window is None:
             window = self.default_window
         # keyed by what step_loss computes (its code and static closure values); the arrays it
         # captures are passed in, so a new closure of the same code reuses the compiled scan
         lkey, captured, rebuild = split_fn(step_loss) if step_loss is not None else (None, [], lambda a: None)
-        key = (lkey, window, return_out, mode)
+        check = bool(self.check_finite)
+        key = (lkey, window, return_out, mode, check)
         fn = self._jit_cache.get(key)
         if fn is not None:
             return lambda *a: fn(*a, captured)
@@ -304,6 +368,7 @@ class SequenceDrivers:
             win = T if window is None else min(window, T)
             n, rest = divmod(T, win)
             p_leaves, p_tree = jax.tree.flatten(self._param_tuple(params))
+            p_flags = finite.flags(p_leaves) if check else None  # constant over the sequence
             # windows are sliced inside the loop, so the sequence is never copied
             take = lambda tree, start, size: jax.tree.map(
                 lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, 0), tree)
@@ -320,19 +385,23 @@ class SequenceDrivers:
 
                 (_, (ls, out, h2, o2, tr2)), g = jax.value_and_grad(loss_of, has_aux=True)(p_leaves)
                 acc = [x + gi for x, gi in zip(acc, g)]
-                return (h2, o2, tr2, acc), ((ls, out) if return_out else (ls, None))
+                # the running sum turns non-finite at the first non-finite gradient; checking it lets
+                # XLA fuse the check into the add
+                row = self._scan_row(a, p_flags, h2, tr2, out, ls, acc) if check else None
+                return (h2, o2, tr2, acc), (ls, out if return_out else None, row)
 
             carry = (hidden, others, traces, [jnp.zeros_like(l) for l in p_leaves])
-            carry, (losses, outs) = jax.lax.scan(lambda c, i: one(c, i * win, win), carry, jnp.arange(n))
+            carry, (losses, outs, rows) = jax.lax.scan(lambda c, i: one(c, i * win, win), carry, jnp.arange(n))
             merge = lambda tree: jax.tree.map(lambda a: a.reshape((n * win,) + a.shape[2:]), tree)
             losses, outs = merge(losses), merge(outs)
             if rest:
-                carry, (l2, o2) = one(carry, n * win, rest)
+                carry, (l2, o2, r2) = one(carry, n * win, rest)
                 losses = jnp.concatenate([losses, l2])
                 outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outs, o2)
+                rows = None if r2 is None else jnp.concatenate([rows, r2[None]])
             h, o, tr, acc = carry
-            res = (acc, losses, h, o, tr)
-            return res + (outs,) if return_out else res
+            res = (acc, losses, h, o, tr) + ((outs,) if return_out else ())
+            return res + (finite.summarise(rows),) if check else res
 
         fn = self._jit_cache[key] = jax.jit(run)
         return lambda *a: fn(*a, captured)

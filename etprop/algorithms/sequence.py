@@ -30,10 +30,17 @@ online one; ``reduction`` divides once at the end.
 
 The compiled driver is cached by what ``step_fn`` computes (`etprop.fncache`), so a fresh
 ``lambda`` per call does not recompile.
+
+Finite checks (``check``, the learner's `check_finite`): at every step the driver flags NaN/inf
+in each sequence's slice, in what the learner called inside ``step_fn`` computed (it adds its
+flags to the driver's `etprop.algorithms.finite.collecting` instead of reporting them), in the
+loss and in each gradient; the scan keeps the first bad step on device and the driver reads it
+once per call, raising `etprop.NumericalError` naming what and the step.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import brainstate
@@ -41,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from etprop.algorithms import finite
 from etprop.errors import ArgumentError
 from etprop.fncache import split as split_fn
 from etprop.input_data import MultiStepData, SingleStepData
@@ -107,11 +115,11 @@ def _weights_key(weights) -> tuple:
                             f"model.states(brainstate.ParamState)), got {type(weights).__name__}") from None
 
 
-def step_fn_grad(model, cache, check_finite, sequences: tuple, step_fn: Callable, *, mask=None, chunk_size=None,
+def step_fn_grad(model, cache, check: bool, sequences: tuple, step_fn: Callable, *, mask=None, chunk_size=None,
                  weights=None, reduction: str = "mean", loss_output: str = "per_step", has_aux: bool = False,
                  return_value: bool = False):
     """braintrace's ``etrace_grad``; see the module docstring. ``cache`` holds the compiled
-    drivers (keyed here), ``check_finite(where, args, grads, losses)`` reports NaN by name."""
+    drivers (keyed here); ``check``: report NaN/inf by name and step (`NumericalError`)."""
     if not callable(step_fn):
         raise ArgumentError(f"step_fn must be callable, got {step_fn!r}")
     if reduction not in REDUCTIONS:
@@ -127,20 +135,23 @@ def step_fn_grad(model, cache, check_finite, sequences: tuple, step_fn: Callable
     if weights is None:
         weights = model.states(brainstate.ParamState)
     fkey, captured, rebuild = split_fn(step_fn)
-    key = ("braintrace_grad", fkey, k, bool(has_aux), _weights_key(weights))
-    fn = cache.get(key)
-    if fn is None:
-        fn = cache[key] = brainstate.transform.jit(_grad_driver(rebuild, weights, k, has_aux))
+    key = ("braintrace_grad", fkey, k, bool(has_aux), _weights_key(weights), bool(check))
+    entry = cache.get(key)
+    if entry is None:
+        items = [] if check else None  # the checked items, in order, once the driver is traced
+        entry = cache[key] = (brainstate.transform.jit(_grad_driver(rebuild, weights, k, has_aux, items)), items)
+    fn, items = entry
     if k is not None:
         xs = (to_windows(sequences, T // k, k), mask.reshape(T // k, k))
     else:
         xs = (sequences, mask)
-    total, (losses, aux) = fn(xs, captured)
+    with finite.as_numerical_error("etrace_grad") if check else contextlib.nullcontext():
+        total, (losses, aux), summary = fn(xs, captured)
+        if check:
+            finite.raise_host("etrace_grad", items, summary, k or 1)
     if reduction == "mean":
         denom = jnp.maximum(jnp.sum(mask), 1.0)
         total = jax.tree.map(lambda g: g / denom, total)
-    check_finite("etrace_grad", sequences, {_name(p): g for p, g in total.items()},
-                          jnp.reshape(losses, (T,)))
     if not return_value:
         return (total, aux) if has_aux else total
     losses = jnp.reshape(losses, (T,))
@@ -159,12 +170,21 @@ def _name(path) -> str:
     return ".".join(map(str, path)) if isinstance(path, tuple) else str(path)
 
 
-def _grad_driver(rebuild, weights, k, has_aux):
+def _seq_items(slices) -> list:
+    return [("input", f"sequence {i}") for i in range(len(slices))]
+
+
+def _grad_driver(rebuild, weights, k, has_aux, items):
+    """The jitted scan; with ``items`` (a list, filled when traced) each step's finite-check
+    row is kept and the scan also returns `finite.summarise` of them."""
+    check = items is not None
+
     def run(xs, captured):
         f = rebuild(captured)
 
         def objective(slices, w):
-            result = f(*slices)
+            with finite.collecting() if check else contextlib.nullcontext() as col:
+                result = f(*slices)
             loss, aux = result if has_aux else (result, None)
             want = (k,) if k is not None else ()
             if jnp.shape(loss) != want:
@@ -173,22 +193,34 @@ def _grad_driver(rebuild, weights, k, has_aux):
                                         f"losses, got shape {jnp.shape(loss)}")
                 raise ArgumentError(f"step_fn must return a scalar loss (reduce over batch and features inside "
                                     f"it), got shape {jnp.shape(loss)}")
-            return jnp.sum(w * loss), (loss, aux)
+            if not check:
+                return jnp.sum(w * loss), (loss, aux, None)
+            items[:] = (_seq_items(slices) + [("param", _name(p)) for p in weights] + col.items + [("loss", "")]
+                        + [("grad", _name(p)) for p in weights])
+            row = jnp.concatenate([finite.flags(list(slices)), p_flags, col.vector(), finite.flags([loss])])
+            return jnp.sum(w * loss), (loss, aux, row)
 
         grad_fn = brainstate.transform.grad(objective, weights, has_aux=True)
 
         def body(carry, xs_t):
             slices, w = xs_t
-            grads, (loss, aux) = grad_fn(slices, w)
-            return jax.tree.map(jnp.add, carry, grads), (loss, aux)
+            grads, (loss, aux, row) = grad_fn(slices, w)
+            carry = jax.tree.map(jnp.add, carry, grads)
+            if check:  # the running sum is non-finite from the first non-finite step on; checking it
+                # (not the step's gradient) lets XLA fuse the check into the add
+                row = jnp.concatenate([row, finite.flags([carry[p] for p in weights])])
+            return carry, (loss, aux, row)
 
-        init = jax.tree.map(jnp.zeros_like, {key: st.value for key, st in weights.items()})
-        return brainstate.transform.scan(body, init, xs)
+        values = {key: st.value for key, st in weights.items()}
+        p_flags = finite.flags(list(values.values())) if check else None  # fixed over the sequence
+        init = jax.tree.map(jnp.zeros_like, values)
+        total, (losses, aux, rows) = brainstate.transform.scan(body, init, xs)
+        return total, (losses, aux), (finite.summarise(rows) if check else None)
 
     return run
 
 
-def step_fn_evolve(evolve, cache, sequences: tuple, step_fn: Callable | None, *, chunk_size=None,
+def step_fn_evolve(evolve, cache, check: bool, sequences: tuple, step_fn: Callable | None, *, chunk_size=None,
                    return_outputs: bool = False):
     """braintrace's ``etrace_evolve``: drive the model and the traces, no gradient. ``step_fn``
     None runs ``evolve(inputs) -> outputs`` (the learner's own sequence driver: the traces advance
@@ -207,18 +239,31 @@ def step_fn_evolve(evolve, cache, sequences: tuple, step_fn: Callable | None, *,
             return None
         return out if k is None else to_windows(out, T // k, k)
     fkey, captured, rebuild = split_fn(step_fn)
-    key = ("braintrace_evolve", fkey, k, bool(return_outputs))
-    fn = cache.get(key)
-    if fn is None:
+    key = ("braintrace_evolve", fkey, k, bool(return_outputs), bool(check))
+    entry = cache.get(key)
+    if entry is None:
+        items = [] if check else None
+
         def run(xs, captured):
             f = rebuild(captured)
 
             def body(*slices):
-                out = f(*slices)
-                return out if return_outputs else None
+                with finite.collecting() if check else contextlib.nullcontext() as col:
+                    out = f(*slices)
+                row = None
+                if check:
+                    items[:] = _seq_items(slices) + col.items
+                    row = jnp.concatenate([finite.flags(list(slices)), col.vector()])
+                return out if return_outputs else None, row
 
-            return brainstate.transform.for_loop(body, *xs)
+            outs, rows = brainstate.transform.for_loop(body, *xs)
+            return outs, (finite.summarise(rows) if check else None)
 
-        fn = cache[key] = brainstate.transform.jit(run)
+        entry = cache[key] = (brainstate.transform.jit(run), items)
+    fn, items = entry
     xs = to_windows(sequences, T // k, k) if k is not None else sequences
-    return fn(xs, captured)
+    with finite.as_numerical_error("etrace_evolve") if check else contextlib.nullcontext():
+        outs, summary = fn(xs, captured)
+        if check:
+            finite.raise_host("etrace_evolve", items, summary, k or 1)
+    return outs
