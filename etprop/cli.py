@@ -2,8 +2,9 @@
 
 ``etprop train`` trains a built-in network on a built-in task, online or with BPTT, and
 writes metrics, figures and checkpoints; ``etprop tasks`` / ``etprop models`` /
-``etprop algos`` list what can be chosen. Errors in the arguments are one line on stderr
-(exit status 2), never a traceback.
+``etprop algos`` list what can be chosen. Errors in the arguments -- a damaged or
+incompatible ``--resume`` checkpoint included -- are one line on stderr (exit status 2), never
+a traceback; a file-system error is one line too (exit status 1).
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def _task_arg(text: str) -> tuple[str, int | float]:
     return key.strip(), int(num) if num.is_integer() and "." not in value else num
 
 
+def _algo_name(text: str) -> str:
+    """``--algo``: a rule the command offers; a known rule it does not offer is refused with the reason."""
+    from etprop.experiment.runner import refusal
+
+    why = refusal(text)
+    if why:
+        raise argparse.ArgumentTypeError(why.split(" ", 1)[1])  # argparse prefixes "argument --algo:"
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from etprop.experiment.models import MODELS
     from etprop.experiment.runner import ALGOS, TrainConfig
@@ -80,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(TASKS), default=d.task, help=f"task (default {d.task})")
     p.add_argument("--model", choices=sorted(MODELS), default=d.model, help=f"network (default {d.model})")
-    p.add_argument("--algo", choices=sorted(ALGOS), default=d.algo, help=f"learning algorithm (default {d.algo})")
+    p.add_argument("--algo", type=_algo_name, choices=sorted(ALGOS), default=d.algo,
+                   help=f"learning algorithm (default {d.algo})")
     p.add_argument("--steps", type=_positive_int, default=None, help=f"number of updates (default {d.steps}; "
                                                                       f"with --resume: a new total)")
     p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"sequences per update (default {d.batch})")
@@ -111,6 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tasks", help="list the tasks")
     sub.add_parser("models", help="list the models")
     sub.add_parser("algos", help="list the algorithms")
+    g = sub.add_parser("graph", help="draw a built-in model's compiled graph as an SVG image",
+                       description="Build a built-in network as etprop train does, compile it with the algorithm "
+                                   "and write learner.report() as an SVG image (etprop.graph.picture): hidden "
+                                   "groups, ETP operators and their weights, which are traced and by which rule, "
+                                   "which are not and why, and the report's notes.")
+    g.add_argument("--model", choices=sorted(MODELS), default=d.model, help=f"network (default {d.model})")
+    g.add_argument("--algo", type=_algo_name, choices=sorted(ALGOS), default=d.algo,
+                   help=f"learning algorithm (default {d.algo})")
+    g.add_argument("--task", choices=sorted(TASKS), default=d.task,
+                   help=f"task whose input and output sizes the network takes (default {d.task})")
+    g.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"hidden units (default {d.hidden})")
+    g.add_argument("--out", default=None, metavar="FILE.svg",
+                   help="file to write (default graph-<model>-<algo>.svg; '-' for standard output)")
     return parser
 
 
@@ -132,6 +157,26 @@ def _train(args) -> int:
     return 0
 
 
+def _graph(args) -> int:
+    import brainstate
+    import brainunit as u
+
+    from etprop.experiment.runner import Run, TrainConfig
+    from etprop.graph.picture import learner_svg
+
+    cfg = TrainConfig(task=args.task, model=args.model, algo=args.algo, hidden=args.hidden, eval_every=0)
+    with brainstate.environ.context(dt=1.0 * u.ms):  # as etprop train does (spiking models: 1 ms steps)
+        svg = learner_svg(Run(cfg).learner)
+    if args.out == "-":
+        sys.stdout.write(svg)
+        return 0
+    out = args.out or f"graph-{cfg.model}-{cfg.algo}.svg"
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(svg)
+    print(f"wrote {out}")
+    return 0
+
+
 def _summary(doc: str | None) -> str:
     """The first paragraph of a docstring, on one line."""
     return " ".join((doc or "").strip().split("\n\n")[0].split())
@@ -150,6 +195,7 @@ def _list(command: str) -> int:
         return 0
     from etprop.algorithms.rules import canonical_name
     from etprop.experiment.runner import ALGOS as choices
+    from etprop.experiment.runner import NOT_OFFERED
     aliases = {}
     for name in choices:
         if canonical_name(name) != name:
@@ -158,6 +204,9 @@ def _list(command: str) -> int:
         if canonical_name(name) == name:
             also = f" (also: {', '.join(sorted(aliases[name]))})" if name in aliases else ""
             print(f"{name:16s} {_summary(cls.__doc__)}{also}")
+    from etprop.experiment.runner import UNAVAILABLE
+    missing = sorted(NOT_OFFERED) + sorted(UNAVAILABLE)
+    print(f"(not offered here: {', '.join(missing)}; etprop train --algo NAME says why)")
     return 0
 
 
@@ -170,10 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "graph":
+            return _graph(args)
         return _list(args.command)
     except EtpropError as e:
-        print(f"etprop {args.command}: error: {e}", file=sys.stderr)
+        print(f"etprop {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system refused: a directory that cannot be made, a full disk
+        print(f"etprop {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -1,7 +1,7 @@
 """The library's exceptions; every error etprop raises on purpose derives from `EtpropError`."""
 
 __all__ = ["EtpropError", "NotSupportedError", "CompilationError", "OperandError", "ArgumentError",
-           "NumericalError"]
+           "NumericalError", "CheckpointError"]
 
 
 class EtpropError(Exception):
@@ -32,3 +32,11 @@ class ArgumentError(EtpropError, ValueError):
 
 class NumericalError(EtpropError, FloatingPointError):
     """A loss, gradient or state became NaN or infinite; the message names where."""
+
+
+class CheckpointError(ArgumentError):
+    """A checkpoint cannot be used: missing, unreadable, damaged, of another format or version,
+    holding NaN/inf, or written by a different run. The message names the file and what to do.
+
+    An `ArgumentError` too: the checkpoint directory is an argument (``--resume DIR``).
+    """

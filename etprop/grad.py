@@ -60,6 +60,19 @@ class GradExpon(brainstate.nn.Module):
         quantity) giving ``decay = exp(-dt / tau)``.
       dt: the step for a time constant; defaults to ``brainstate.environ.get_dt()``.
       normalized: average instead of sum (see above).
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> acc = etprop.GradExpon({"w": jnp.zeros(2)}, 0.5)        # decay 0.5
+        >>> for _ in range(20):
+        ...     g = acc.update({"w": jnp.ones(2)})
+        >>> [round(v, 3) for v in g["w"].tolist()]                   # settles at grad / (1 - decay)
+        [2.0, 2.0]
+        >>> avg = etprop.GradExpon({"w": jnp.zeros(2)}, 0.5, normalized=True)
+        >>> for _ in range(20):
+        ...     g = avg.update({"w": jnp.ones(2)})
+        >>> [round(v, 3) for v in g["w"].tolist()]                   # a running average
+        [1.0, 1.0]
     """
 
     def __init__(self, grad_shape: Any, tau_or_decay, *, dt=None, normalized: bool = False):

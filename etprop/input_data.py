@@ -39,7 +39,16 @@ class _InputData:
 
 @jax.tree_util.register_pytree_node_class
 class SingleStepData(_InputData):
-    """Inputs of one time step. A plain array passed to a learner means the same thing."""
+    """Inputs of one time step. A plain array passed to a learner means the same thing.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> step = etprop.SingleStepData(jnp.ones((16, 3)))       # one step of a batch of 16
+        >>> step
+        SingleStepData((16, 3),)
+
+        ``learner(step)`` and ``learner(jnp.ones((16, 3)))`` run the same step.
+    """
 
 
 @jax.tree_util.register_pytree_node_class
@@ -48,6 +57,16 @@ class MultiStepData(_InputData):
 
     A learner runs the window with exact reverse mode inside it while the
     eligibility trace carries credit from before the window.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> window = etprop.MultiStepData(jnp.ones((10, 16, 3)))   # 10 steps, time leading
+        >>> window.num_steps
+        10
+
+        ``learner(window)`` runs the 10 steps and returns the outputs ``(10, 16, ...)``; gradients
+        of a loss of them (``brainstate.transform.grad``) are exact inside the window, with the
+        traces carrying credit from before it.
     """
 
     @property

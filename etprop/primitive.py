@@ -162,6 +162,19 @@ class ETPPrimitive:
       out_to_param: ``{param_name: fn(v, params, aux, config)}``, see module doc.
       param_grad: ``param_grad(x, dy, params, aux, config) -> dict`` per sample.
       doc: one line for reports.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> def forward(x, params, aux, *, scale):        # plain arrays in, plain array out
+        ...     return scale * jnp.tanh(x @ params["weight"])
+        >>> prim = etprop.ETPPrimitive(
+        ...     "doc_scaled_tanh", forward, param_names=("weight",),
+        ...     out_to_param={"weight": lambda v, p, a, c: v[..., None, :]})   # W[i, o] drives output o only
+        >>> prim.bind(jnp.ones((4, 3)), {"weight": jnp.zeros((3, 2))}, scale=2.0).shape
+        (4, 2)
+
+        Register it (`register_primitive`) before compiling a model that calls it; see the
+        tutorial "A custom ETP primitive".
     """
 
     def __init__(
@@ -320,7 +333,18 @@ def _jitted(call: ETPCall) -> Callable:
 
 
 def register_primitive(primitive: ETPPrimitive, *, overwrite: bool = False) -> ETPPrimitive:
-    """Make ``primitive`` known to the compiler. Returns it, so it can decorate."""
+    """Make ``primitive`` known to the compiler. Returns it, so it can decorate.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> double = etprop.register_primitive(etprop.ETPPrimitive(
+        ...     "doc_double_matmul", lambda x, params, aux: 2.0 * (x @ params["weight"]),
+        ...     param_names=("weight",), out_to_param={"weight": lambda v, p, a, c: v[..., None, :]}))
+        >>> double.bind(jnp.ones((1, 2)), {"weight": jnp.ones((2, 3))}).tolist()
+        [[4.0, 4.0, 4.0]]
+        >>> etprop.register_primitive(double) is double      # the same object again: fine
+        True
+    """
     if primitive.name in _PRIMITIVES and not overwrite and _PRIMITIVES[primitive.name] is not primitive:
         raise ValueError(f"an ETP primitive named {primitive.name!r} is already registered; "
                          f"pick another name or pass overwrite=True")

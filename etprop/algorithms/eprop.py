@@ -35,6 +35,15 @@ instantaneous gradient. For that to hold the output must depend on the readout w
 linearly (matmul, bias, sums, reshapes); a nonlinearity after it (``tanh(z @ W)``) would be
 linearised at ``z @ B^T``, so it is refused at compile time (apply it in the loss).
 
+Readouts with memory. Bellec et al.'s output neurons are leaky integrators,
+``r^t = d r^{t-1} + (1 - d) z^t W_out`` (`etprop.nn.LeakyRateReadout`): ``W_out`` then drives
+a hidden state, ``r``, and is traced. The same substitution applies -- the cotangent reaching
+``z^t`` is ``(1 - d) err^t @ B`` instead of ``(1 - d) err^t @ W_out^T``, and neither ``r``'s
+own recursion nor ``W_out``'s trace (``z^T``-driven, exact for a readout) involves
+``W_out``'s value -- so such a weight is taken as the readout when it is the only 2-D
+parameter the output depends on linearly. With ``B = W_out^T`` the gradient is exactly
+D-RTRL's.
+
 Filter and forward pass. The filtered trace is part of the trace state and advances in
 `advance_relation`, i.e. with the forward step: `etrace_evolve` (a warm-up without
 gradients) advances it like any trace. The per-step gradient is
@@ -84,7 +93,9 @@ class EProp(_TraceRules):
       seed: seed of the random feedback matrix.
       readout: with random feedback, the name of the readout weight (as in
         ``learner.params()``, e.g. ``'w_out'``); found automatically when exactly one 2-D
-        untraced parameter reaches the output and no hidden state.
+        untraced parameter reaches the output and no hidden state, or else when exactly one
+        2-D parameter enters the output linearly (a leaky readout's traced weight, or the
+        last matrix when several output-only ones are chained).
 
     Memory per sample ``O(S |W|)`` per traced weight (twice that with ``kappa > 0``) plus
     ``|B|`` once.
@@ -153,24 +164,35 @@ class EProp(_TraceRules):
                 raise ArgumentError(f"EProp: readout={self.readout!r} names {len(by_name)} parameter leaves; "
                                     f"choose one of {list(names)}")
             leaf = by_name[0]
-            if leaf not in cands:
-                why = ("it is traced" if leaf in traced else "it drives hidden states" if leaf in reach_state
-                       else "the output does not depend on it")
-                raise ArgumentError(f"EProp: readout {names[leaf]!r} cannot carry random feedback: {why}. "
-                                    f"Readout candidates: {[names[i] for i in cands]}")
+            if leaf not in reach_out:
+                raise ArgumentError(f"EProp: readout {names[leaf]!r} cannot carry random feedback: the output does "
+                                    f"not depend on it. Readout candidates: {[names[i] for i in cands]}")
         else:
-            two_d = [i for i in cands if len(g.param_leaf_avals[i].shape) >= 2]
-            if len(two_d) != 1:
-                raise ArgumentError(f"EProp(feedback='random'): cannot tell the readout weight; untraced "
-                                    f"parameters that reach only the output: {[names[i] for i in cands]}. "
-                                    f"Pass readout='name' (one of them) or use feedback='symmetric'")
-            leaf = two_d[0]
+            leaf = self._guess_readout(cands, reach_out)
         bad = executor.param_enters_nonlinearly(g, leaf)
         if bad:
             raise ArgumentError(f"EProp(feedback='random'): the output depends on readout {names[leaf]!r} "
                                 f"non-linearly (through {bad}); random feedback replaces only the weight's "
                                 f"transpose, so put that nonlinearity into the loss or use feedback='symmetric'")
         return leaf
+
+    def _guess_readout(self, cands: list, reach_out) -> int:
+        """The readout leaf when none is named: the one 2-D untraced parameter that reaches only
+        the output; failing that, the one 2-D parameter the output depends on linearly (a leaky
+        readout's traced weight, or the last of several output-only matrices)."""
+        g = self.graph
+        two_d = lambda leaves: [i for i in leaves if len(g.param_leaf_avals[i].shape) >= 2]
+        plain = two_d(cands)
+        if len(plain) == 1:
+            return plain[0]
+        linear = [i for i in two_d(sorted(reach_out)) if not executor.param_enters_nonlinearly(g, i)]
+        if len(linear) == 1:
+            return linear[0]
+        names = g.param_leaf_names
+        raise ArgumentError(f"EProp(feedback='random'): cannot tell the readout weight; untraced parameters that "
+                            f"reach only the output: {[names[i] for i in cands]}, 2-D parameters the output "
+                            f"depends on linearly: {[names[i] for i in linear]}. Pass readout='name' (one of "
+                            f"them) or use feedback='symmetric'")
 
     def backward_params(self, p_leaves: list) -> list:
         if self.feedback_matrix is None:

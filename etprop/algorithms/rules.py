@@ -59,7 +59,7 @@ _IMPL = {
     ("param", "block", "group", "modulator", "none"): ("three_factor", "ThreeFactor", {}),
     ("param", "block", "group", "bootstrapped", "none"): ("dni", "DNI", {}),
     ("full", "full", "model", "exact", "none"): ("rtrl", "RTRL", {}),
-    ("sparse", "full", "model", "exact", "none"): ("rtrl", "SnAp", {}),
+    ("sparse", "full", "model", "exact", "none"): ("snap", "SnAp", {}),
     ("rank_one", "full", "model", "exact", "none"): ("uoro", "UORO", {}),
     ("none", "full", "model", "exact", "none"): ("bptt", "BPTT", {}),
 }

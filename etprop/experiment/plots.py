@@ -15,11 +15,9 @@ __all__ = ["available", "plot_curves", "plot_activity"]
 
 
 def available() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether matplotlib can be imported."""
+    import importlib.util
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _pyplot():

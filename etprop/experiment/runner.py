@@ -14,7 +14,6 @@ across updates.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -29,18 +28,51 @@ import numpy as np
 
 import etprop
 from etprop.algorithms.rules import canonical_name, resolve, rule_names
-from etprop.errors import ArgumentError
+from etprop.errors import ArgumentError, CheckpointError, NotSupportedError
 from etprop.experiment import plots
-from etprop.experiment.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from etprop.experiment.models import SPIKING, build_model
+from etprop.experiment.checkpoint import CHECKPOINT_DIR, legacy_note, load_checkpoint, read_meta, save_checkpoint
+from etprop.experiment.metrics import read_rows, write_rows
+from etprop.experiment.models import MODELS, SPIKING, build_model
 from etprop.experiment.progress import Progress, format_seconds
 from etprop.tasks import get_task
 
-__all__ = ["TrainConfig", "ALGOS", "train", "Run"]
+__all__ = ["TrainConfig", "ALGOS", "NOT_OFFERED", "UNAVAILABLE", "refusal", "train", "Run"]
 
-# --algo name -> learner class, from the one registry of rule names (etprop.algorithms.rules):
-# every canonical name and alias except three_factor, whose modulator the tasks do not give
-ALGOS = {name: resolve(name)[0] for name in rule_names() if canonical_name(name) != "three_factor"}
+#: rules of the registry that ``etprop train`` does not offer, and why (``--algo`` says so)
+NOT_OFFERED = {
+    "three_factor": "its learning signal is a neuromodulator, which the built-in tasks do not give; use "
+                    "etprop.ThreeFactor from Python",
+    "dni": "it needs a synthetic-gradient module fitted alongside the network (etprop.train_synthetic_gradient), "
+           "which etprop train does not do; use etprop.DNI from Python",
+}
+
+
+def _offered() -> tuple[dict, dict]:
+    """``(ALGOS, UNAVAILABLE)``: ``--algo`` name -> learner class, from the one registry of rule
+    names (`etprop.algorithms.rules`), every canonical name and alias except `NOT_OFFERED`; and
+    the rules whose class this installation lacks -> why (so that one missing class costs only
+    its own ``--algo``, which then says so)."""
+    algos, unavailable = {}, {}
+    for name in rule_names():
+        if canonical_name(name) in NOT_OFFERED:
+            continue
+        try:
+            algos[name] = resolve(name)[0]
+        except NotSupportedError as e:
+            unavailable[name] = " ".join(str(e).split())
+    return algos, unavailable
+
+
+ALGOS, UNAVAILABLE = _offered()
+
+
+def refusal(algo: str) -> str | None:
+    """Why ``--algo algo`` is refused although the registry knows it (None if it is offered or unknown)."""
+    if algo in UNAVAILABLE:
+        return f"--algo {algo} is not available: {UNAVAILABLE[algo]}"
+    if algo in rule_names() and canonical_name(algo) in NOT_OFFERED:
+        return f"--algo {algo} is not offered by etprop train: {NOT_OFFERED[canonical_name(algo)]}"
+    return None
 
 
 def _algo_options(cfg) -> dict:
@@ -54,7 +86,6 @@ def _algo_options(cfg) -> dict:
 
 
 _FACTORISED = {"es_d_rtrl", "hybrid"}
-_METRIC_FIELDS = ["step", "loss", "accuracy", "grad_cos_bptt", "grad_cos_bptt_min", "wall_s"]
 
 
 @dataclasses.dataclass
@@ -78,20 +109,28 @@ class TrainConfig:
     task_args: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
+        """Raise `ArgumentError` naming the first setting that is invalid."""
         if self.algo not in ALGOS:
+            if refusal(self.algo):
+                raise ArgumentError(refusal(self.algo))
             raise ArgumentError(f"unknown algorithm {self.algo!r}; choose one of {sorted(ALGOS)}")
-        for name in ("steps", "batch", "hidden"):
+        if self.model not in MODELS:
+            raise ArgumentError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
+        if not isinstance(self.task, str) or not isinstance(self.task_args, dict):
+            raise ArgumentError(f"--task must be a task name and task_args a dict, got {self.task!r}, "
+                                f"{self.task_args!r}")
+        for name, floor in (("steps", 1), ("batch", 1), ("hidden", 1), ("seed", 0), ("eval_every", 0),
+                            ("ckpt_every", 0)):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ArgumentError(f"--{name} must be a positive integer, got {v!r}")
-        for name in ("eval_every", "ckpt_every"):
+            if isinstance(v, bool) or not isinstance(v, int) or v < floor:
+                kind = "positive" if floor else "non-negative"
+                raise ArgumentError(f"--{name.replace('_', '-')} must be a {kind} integer, got {v!r}")
+        for name in ("lr", "clip"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ArgumentError(f"--{name.replace('_', '-')} must be a non-negative integer, got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ArgumentError(f"--lr must be a positive number, got {self.lr!r}")
-        if not (self.clip > 0):
-            raise ArgumentError(f"--clip must be positive, got {self.clip!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
+                raise ArgumentError(f"--{name} must be a positive number, got {v!r}")
+        if not isinstance(self.carry_state, bool):
+            raise ArgumentError(f"--carry-state is a flag (True or False), got {self.carry_state!r}")
         if self.update not in ("sequence", "step"):
             raise ArgumentError(f"--update must be 'sequence' or 'step', got {self.update!r}")
         if self.update == "step" and canonical_name(self.algo) == "bptt":
@@ -99,7 +138,7 @@ class TrainConfig:
         if self.decay is not None:
             if canonical_name(self.algo) not in _FACTORISED:
                 raise ArgumentError(f"--decay applies to es_d_rtrl and hybrid, not {self.algo}")
-            if not 0.0 < self.decay < 1.0:
+            if isinstance(self.decay, bool) or not isinstance(self.decay, (int, float)) or not 0 < self.decay < 1:
                 raise ArgumentError(f"--decay must be in (0, 1), got {self.decay!r}")
 
 
@@ -135,20 +174,35 @@ class Run:
         self.learner = etprop.compile(self.model, ALGOS[cfg.algo], x0, batch_size=B, **_algo_options(cfg))
         self.optimizer = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.adam(cfg.lr))
         self.data_key = jax.random.key(cfg.seed + 1)
-        mf = self.learner.graph.mf
-        _, self.hidden0, self.others0 = mf.values()
+        _, self.hidden0, self.others0 = self.learner.graph.mf.values()
         self.traces0 = self.learner.etrace.value
-        seq = self.learner.sequence_fn(task.step_loss, return_out=True)
+        self._seq = self.learner.sequence_fn(task.step_loss, return_out=True)
         self._bptt = None
         if cfg.eval_every and canonical_name(cfg.algo) != "bptt":
             # a second learner on the same model: BPTT's gradient of the same batch, for the cosine
             self._bptt = etprop.compile(self.model, etprop.BPTT, x0, batch_size=B)
-        optimizer, carry = self.optimizer, cfg.carry_state
+            self.grad_cosine = jax.jit(self._grad_cosine_fn())
+        self.train_step = jax.jit(self._online_step_fn() if cfg.update == "step" else self._sequence_step_fn())
+        self.evaluate = jax.jit(self._evaluate_fn())
+
+    def _batch(self, step):
+        """The batch of update ``step``: a function of ``(seed, step)`` only."""
+        return self.task.batch(jax.random.fold_in(self.data_key, step), self.cfg.batch)
+
+    def _start(self, state):
+        """Hidden states, other states and traces a sequence starts from."""
+        if self.cfg.carry_state:
+            return state["hidden"], state["others"], state["traces"]
+        return self.hidden0, state["others"], self.traces0
+
+    def _sequence_step_fn(self):
+        """``(state, step) -> (state, metrics)``: one optimiser update from the online gradient
+        accumulated over the batch's sequence."""
+        task, optimizer, seq = self.task, self.optimizer, self._seq
 
         def train_step(state, step):
-            batch = task.batch(jax.random.fold_in(self.data_key, step), B)
-            h, o, tr = ((state["hidden"], state["others"], state["traces"]) if carry
-                        else (self.hidden0, state["others"], self.traces0))
+            batch = self._batch(step)
+            h, o, tr = self._start(state)
             grads, losses, h, o, tr, outs = seq(state["params"], h, o, tr, batch.inputs, batch.targets, batch.mask)
             norm = jnp.maximum(jnp.sum(batch.mask), 1.0)
             grads = jax.tree.map(lambda g: g / norm, grads)
@@ -158,14 +212,16 @@ class Run:
             new = {"params": params, "opt_state": opt_state, "hidden": h, "others": o, "traces": tr}
             return new, metrics
 
-        learner = self.learner
+        return train_step
+
+    def _online_step_fn(self):
+        """True online learning: the optimiser updates the parameters at every time step, each
+        update from that step's online gradient (traces carried through the sequence)."""
+        task, optimizer, learner = self.task, self.optimizer, self.learner
 
         def online_train_step(state, step):
-            """True online learning: the optimiser updates the parameters at every time step,
-            each update from that step's online gradient (traces carried through the sequence)."""
-            batch = task.batch(jax.random.fold_in(self.data_key, step), B)
-            h, o, tr = ((state["hidden"], state["others"], state["traces"]) if carry
-                        else (self.hidden0, state["others"], self.traces0))
+            batch = self._batch(step)
+            h, o, tr = self._start(state)
             norm = jnp.maximum(jnp.sum(batch.mask), 1.0)
 
             def body(c, inp):
@@ -188,28 +244,33 @@ class Run:
             metrics = {"loss": jnp.sum(losses), "accuracy": task.accuracy(outs, batch)}
             return {"params": params, "opt_state": opt_state, "hidden": h, "others": o, "traces": tr}, metrics
 
-        self.train_step = jax.jit(online_train_step if cfg.update == "step" else train_step)
-        if self._bptt is not None:
-            ref = self._bptt.sequence_fn(task.step_loss)
-            bptt_traces = self._bptt.etrace.value
+        return online_train_step
 
-            def grad_cosine(state, step):
-                batch = task.batch(jax.random.fold_in(self.data_key, step), B)
-                args = (batch.inputs, batch.targets, batch.mask)
-                g_on = seq(state["params"], self.hidden0, state["others"], self.traces0, *args)[0]
-                g_ref = ref(state["params"], self.hidden0, state["others"], bptt_traces, *args)[0]
-                return _cosines(g_on, g_ref)
+    def _grad_cosine_fn(self):
+        """``(state, step) -> (cosine, worst per-parameter cosine)`` of the online gradient of
+        update ``step``'s batch to BPTT's, from reset states."""
+        seq, ref = self._seq, self._bptt.sequence_fn(self.task.step_loss)
+        bptt_traces = self._bptt.etrace.value
 
-            self.grad_cosine = jax.jit(grad_cosine)
+        def grad_cosine(state, step):
+            batch = self._batch(step)
+            args = (batch.inputs, batch.targets, batch.mask)
+            g_on = seq(state["params"], self.hidden0, state["others"], self.traces0, *args)[0]
+            g_ref = ref(state["params"], self.hidden0, state["others"], bptt_traces, *args)[0]
+            return _cosines(g_on, g_ref)
 
-        eval_key = jax.random.key(cfg.seed + 10_000)
+        return grad_cosine
+
+    def _evaluate_fn(self):
+        """``(params, others) -> (accuracy, batch, outputs)`` on a held-out batch."""
+        eval_key = jax.random.key(self.cfg.seed + 10_000)
 
         def evaluate(params, others):
-            batch = task.batch(eval_key, B)
-            out = seq(params, self.hidden0, others, self.traces0, batch.inputs, batch.targets, batch.mask)[-1]
-            return task.accuracy(out, batch), batch, out
+            batch = self.task.batch(eval_key, self.cfg.batch)
+            out = self._seq(params, self.hidden0, others, self.traces0, batch.inputs, batch.targets, batch.mask)[-1]
+            return self.task.accuracy(out, batch), batch, out
 
-        self.evaluate = jax.jit(evaluate)
+        return evaluate
 
     def initial_state(self) -> dict:
         params = self.learner.params()
@@ -249,24 +310,6 @@ def _config_dict(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _read_rows(path: str, upto: int) -> list[dict]:
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="") as f:
-        rows = [{k: (int(v) if k == "step" else (float(v) if v != "" else "")) for k, v in r.items()}
-                for r in csv.DictReader(f)]
-    return [r for r in rows if r["step"] <= upto]
-
-
-def _write_rows(path: str, rows: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=_METRIC_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
 def _peak_memory_text(step_temp: int | None) -> str:
     dev = jax.devices()[0]
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
@@ -284,7 +327,8 @@ def train(cfg: TrainConfig | None = None, *, out: str | None = None, resume: str
     Args:
       cfg: the run's configuration (ignored with ``resume``, which reads it back).
       out: output directory (with ``resume``: defaults to the resumed directory).
-      resume: a directory holding a checkpoint; training continues from it exactly.
+      resume: a directory holding a checkpoint; training continues from it exactly. A
+        checkpoint that cannot be used raises `CheckpointError` before anything is written.
       steps: with ``resume``, a new total number of updates (to extend a finished run).
       plots_enabled, progress: figures and the progress line.
       log: where summary lines go.
@@ -292,41 +336,83 @@ def train(cfg: TrainConfig | None = None, *, out: str | None = None, resume: str
     Returns:
       ``{"accuracy", "loss", "steps", "wall_s", "out", "chance", ...}`` of the final state.
     """
+    meta = None
     if resume is not None:
         meta = read_meta(resume)
-        saved = dict(meta["config"])
-        cfg = TrainConfig(**saved)
-        if steps is not None:
-            cfg.steps = int(steps)
+        cfg = _resumed_config(meta, resume, steps)
         out = out or resume
     elif cfg is None:
         cfg = TrainConfig()
     if out is None:
         raise ArgumentError("give an output directory (--out DIR)")
-    os.makedirs(out, exist_ok=True)
     with brainstate.environ.context(dt=1.0 * u.ms):  # spiking models: 1 ms steps (read when traced)
-        return _train(cfg, out, resume, plots_enabled, progress, log)
+        t_start = time.perf_counter()
+        run = Run(cfg)
+        state, start, rows = run.initial_state(), 0, []
+        if resume is not None:  # everything is read and checked before anything is written
+            state, start, rows = _resume(run, state, resume, meta, log)
+        os.makedirs(out, exist_ok=True)
+        return _train(run, state, start, rows, out, t_start, plots_enabled, progress, log)
 
 
-def _train(cfg, out, resume, plots_enabled, progress, log):
-    t_start = time.perf_counter()
-    run = Run(cfg)
-    state = run.initial_state()
-    start = 0
-    metrics_path = os.path.join(out, "metrics.csv")
-    rows: list[dict] = []
-    if resume is not None:
-        state, meta = load_checkpoint(resume, state)
-        start = int(meta["step"])
-        if cfg.steps <= start:
-            raise ArgumentError(f"the run in {resume!r} already has {start} updates; pass --steps N with N > "
-                                f"{start} to continue it")
-        rows = _read_rows(os.path.join(resume, "metrics.csv"), start)
-        log(f"resumed from {resume} at update {start}")
+def _resumed_config(meta: dict, resume: str, steps: int | None) -> TrainConfig:
+    """The `TrainConfig` saved in ``meta`` (``--steps``: a new total), checked."""
+    path = os.path.join(resume, CHECKPOINT_DIR, "meta.json")
+    saved = dict(meta["config"])
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise CheckpointError(f"{path}: the saved settings have unknown keys {unknown} (written by another version "
+                              f"of etprop?); resume with that version or start a new run")
+    cfg = TrainConfig(**saved)
+    if steps is not None:
+        cfg.steps = int(steps)
+    try:
+        cfg.validate()
+        get_task(cfg.task, **cfg.task_args)
+    except ArgumentError as e:
+        raise CheckpointError(f"{path}: the saved settings are invalid ({e}); start a new run") from None
+    return cfg
+
+
+def _resume(run: Run, state, resume: str, meta: dict, log) -> tuple[dict, int, list]:
+    """The state, update count and metrics rows of the run checkpointed in ``resume``."""
+    state, meta = load_checkpoint(resume, state)
+    start = int(meta["step"])
+    if run.cfg.steps <= start:
+        raise ArgumentError(f"the run in {resume!r} already has {start} updates; pass --steps N with N > "
+                            f"{start} to continue it")
+    rows = read_rows(os.path.join(resume, "metrics.csv"), start)
+    note = legacy_note(meta)
+    if note:
+        log(note)
+    log(f"resumed from {resume} at update {start}")
+    return state, start, rows
+
+
+def _train(run: Run, state, start: int, rows: list, out: str, t_start: float, plots_enabled, progress, log):
+    cfg = run.cfg
     t_compile = time.perf_counter()
     step_temp = run.compile(state)
     log(f"etprop train: task={cfg.task} model={cfg.model} algo={cfg.algo} hidden={cfg.hidden} batch={cfg.batch} "
         f"T={run.task.n_steps} updates={cfg.steps} (compiled in {time.perf_counter() - t_compile:.1f} s)")
+    state, last = _loop(run, state, start, rows, out, t_start, progress, log)
+    acc, batch, _ = run.evaluate(state["params"], state["others"])
+    acc = float(acc)
+    figures = _figures(run, state, batch, rows, out, log) if plots_enabled and rows else []
+    wall = time.perf_counter() - t_start
+    summary = {"task": cfg.task, "model": cfg.model, "algo": cfg.algo, "steps": cfg.steps, "accuracy": acc,
+               "chance": run.task.chance, "loss": last["loss"], "wall_s": wall, "out": out, "figures": figures}
+    log(f"done: task={cfg.task} model={cfg.model} algo={cfg.algo} updates={cfg.steps} "
+        f"eval accuracy={acc:.3f} (chance {run.task.chance:.3f}) train loss={last['loss']:.4f} "
+        f"wall {format_seconds(wall)} ({wall:.1f} s) {_peak_memory_text(step_temp)} -> {out}")
+    return summary
+
+
+def _loop(run: Run, state, start: int, rows: list, out: str, t_start: float, progress, log):
+    """Updates ``start + 1 .. cfg.steps``, appending to ``rows``; checkpoints every
+    ``ckpt_every`` updates, at the end and on Ctrl-C. Returns ``(state, last metrics)``."""
+    cfg = run.cfg
+    metrics_path = os.path.join(out, "metrics.csv")
     bar = Progress(cfg.steps, start=start, enabled=progress)
     config = _config_dict(cfg)
     last = {"loss": float("nan"), "accuracy": float("nan")}
@@ -339,48 +425,43 @@ def _train(cfg, out, resume, plots_enabled, progress, log):
                 cos, cos_min = (float(c) for c in run.grad_cosine(state, jnp.int32(k)))
             new_state, m = run.train_step(state, jnp.int32(k))
             last = {key: float(v) for key, v in m.items()}  # waits for the step to finish
-            state, done = new_state, k
             if not all(math.isfinite(v) for v in last.values()):
                 raise etprop.NumericalError(f"update {k}: loss or accuracy is NaN/inf ({last}); lower --lr "
                                             f"(now {cfg.lr}) or --clip")
+            state, done = new_state, k
             rows.append({"step": k, "loss": last["loss"], "accuracy": last["accuracy"],
                          "grad_cos_bptt": cos, "grad_cos_bptt_min": cos_min, "wall_s": time.perf_counter() - t_start})
             bar.update(k, loss=last["loss"], acc=last["accuracy"])
             if cfg.ckpt_every and k % cfg.ckpt_every == 0 and k < cfg.steps:
                 save_checkpoint(out, state, step=k, config=config)
-                _write_rows(metrics_path, rows)
+                write_rows(metrics_path, rows)
     except KeyboardInterrupt:
         bar.close()
-        rows = [r for r in rows if r["step"] <= done]
+        rows[:] = [r for r in rows if r["step"] <= done]
         save_checkpoint(out, state, step=done, config=config)
-        _write_rows(metrics_path, rows)
+        write_rows(metrics_path, rows)
         log(f"interrupted after update {done}; continue with: etprop train --resume {out}")
         raise
     bar.close()
     save_checkpoint(out, state, step=cfg.steps, config=config)
-    _write_rows(metrics_path, rows)
-    acc, batch, outs = run.evaluate(state["params"], state["others"])
-    acc = float(acc)
-    figures = []
-    if plots_enabled and rows:
-        if plots.available():
-            title = f"{cfg.task} / {cfg.model} / {cfg.algo}"
-            path = os.path.join(out, "curves.png")
-            plots.plot_curves(path, rows, title=title, chance=run.task.chance,
-                              metric_name="accuracy" if run.task.kind == "classification" else "1 - NMSE")
-            figures.append(path)
-            if cfg.model in SPIKING:
-                obs, o = run.record(state["params"], batch.inputs)
-                path = os.path.join(out, "activity.png")
-                plots.plot_activity(path, obs, o, title=title)
-                figures.append(path)
-        else:
-            log("matplotlib is not installed: no figures (pip install 'etprop[examples]')")
-    wall = time.perf_counter() - t_start
-    summary = {"task": cfg.task, "model": cfg.model, "algo": cfg.algo, "steps": cfg.steps, "accuracy": acc,
-               "chance": run.task.chance, "loss": last["loss"], "wall_s": wall, "out": out, "figures": figures}
-    log(f"done: task={cfg.task} model={cfg.model} algo={cfg.algo} updates={cfg.steps} "
-        f"eval accuracy={acc:.3f} (chance {run.task.chance:.3f}) train loss={last['loss']:.4f} "
-        f"wall {format_seconds(wall)} ({wall:.1f} s) {_peak_memory_text(step_temp)} -> {out}")
-    return summary
+    write_rows(metrics_path, rows)
+    return state, last
 
+
+def _figures(run: Run, state, batch, rows: list, out: str, log) -> list[str]:
+    """``curves.png`` (and ``activity.png`` for spiking models); the paths written."""
+    cfg = run.cfg
+    if not plots.available():
+        log("matplotlib is not installed: no figures (pip install 'etprop[examples]')")
+        return []
+    title = f"{cfg.task} / {cfg.model} / {cfg.algo}"
+    path = os.path.join(out, "curves.png")
+    plots.plot_curves(path, rows, title=title, chance=run.task.chance,
+                      metric_name="accuracy" if run.task.kind == "classification" else "1 - NMSE")
+    figures = [path]
+    if cfg.model in SPIKING:
+        obs, o = run.record(state["params"], batch.inputs)
+        path = os.path.join(out, "activity.png")
+        plots.plot_activity(path, obs, o, title=title)
+        figures.append(path)
+    return figures

@@ -1,4 +1,20 @@
-"""Ready-made layers whose weights learn online: connection layers, rate RNN cells, spiking neurons."""
+"""Ready-made layers whose weights learn online: connection layers, rate RNN cells, spiking neurons.
+
+Examples:
+    >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
+    >>> class Net(brainstate.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.inp = etprop.nn.Linear(3, 8)          # an ETP operator: traced
+    ...         self.neu = etprop.nn.LIF(8, tau=10 * u.ms)
+    ...         self.out = etprop.nn.Linear(8, 2)          # a readout: exact gradient
+    ...     def update(self, x):
+    ...         return self.out(self.neu(self.inp(x)))
+    >>> with brainstate.environ.context(dt=1.0 * u.ms):
+    ...     learner = etprop.compile(Net(), etprop.D_RTRL, jnp.ones((4, 3)), batch_size=4)
+    >>> learner.approximations()                        # a feed-forward layer: BPTT's gradient
+    {}
+"""
 
 from etprop.nn.constrained import ScaledWSLinear, SignedWLinear
 from etprop.nn.conv import Conv1d, Conv2d, Conv3d

@@ -31,6 +31,13 @@ class SignedWLinear(brainstate.nn.Module):
 
     The trace and the gradient are with respect to the raw ``W`` (the transform runs inside
     `etprop.matmul`), so an update never flips an effective weight's sign.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> layer = etprop.nn.SignedWLinear(3, 2, w_sign=jnp.array([[1.], [1.], [-1.]]))
+        >>> y = layer(jnp.array([0., 0., 1.]))          # only the inhibitory input is active
+        >>> y.shape, bool((y <= 0).all())
+        ((2,), True)
     """
 
     def __init__(self, in_size: int, out_size: int, w_init: Init = None, w_sign=None, *, key=None,
@@ -81,6 +88,12 @@ class ScaledWSLinear(brainstate.nn.Module):
       eps: :math:`\epsilon`.
       param_type: the class holding ``W``, ``b`` and ``g`` (braintrace's keyword), default
         `brainstate.ParamState`; `brainstate.FakeState` / `LongTermState` hold them frozen.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> layer = etprop.nn.ScaledWSLinear(3, 4)           # standardised weight, learned gain and bias
+        >>> layer(jnp.ones((2, 3))).shape
+        (2, 4)
     """
 
     def __init__(self, in_size: int, out_size: int, w_init: Init = None, b_init: Init = None, w_mask=None,

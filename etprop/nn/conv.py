@@ -67,20 +67,21 @@ class _ConvNd(brainstate.nn.Module):
                            rhs_dilation=self.dilation, feature_group_count=self.groups)
 
 
-_CONV_DOC = r"""{n}-D convolution, channels last, through `etprop.conv`.
+class Conv1d(_ConvNd):
+    r"""1-D convolution, channels last, through `etprop.conv`.
 
     .. math::
 
-        y[p, o] = \sum_{{k, c}} x[s\,p + d\,k, c]\; W[k, c, o] + b[o]
+        y[p, o] = \sum_{k, c} x[s\,p + d\,k, c]\; W[k, c, o] + b[o]
 
     (``s`` stride, ``d`` dilation, ``k`` over the window; ``groups`` splits the channels
     into independent blocks.)
 
     Args:
       in_channels, out_channels: ``C_in`` and ``C_out`` (both divisible by ``groups``).
-      kernel_size: int or {n} ints.
-      stride, dilation: int or {n} ints.
-      padding: ``'SAME'``, ``'VALID'``, ``'SAME_LOWER'`` or {n} ``(low, high)`` pairs.
+      kernel_size: int or 1 ints.
+      stride, dilation: int or 1 ints.
+      padding: ``'SAME'``, ``'VALID'``, ``'SAME_LOWER'`` or 1 ``(low, high)`` pairs.
       groups: feature groups.
       bias: learn a bias ``(C_out,)``.
       w_init: initial kernel ``(*kernel_size, C_in / groups, C_out)``, default LeCun normal
@@ -91,7 +92,7 @@ _CONV_DOC = r"""{n}-D convolution, channels last, through `etprop.conv`.
         `brainstate.ParamState`; `brainstate.FakeState` / `LongTermState` hold them frozen
         (see `etprop.nn.linear`).
 
-    Shapes: ``x`` is ``{x}`` or with a leading batch axis; ``y`` likewise with ``C_out``.
+    Shapes: ``x`` is ``(W, C_in)`` or with a leading batch axis; ``y`` likewise with ``C_out``.
 
     States: none. Parameters: ``weight`` (the kernel), ``bias``.
 
@@ -99,19 +100,97 @@ _CONV_DOC = r"""{n}-D convolution, channels last, through `etprop.conv`.
     its channel, so neither has a per-parameter trace: when the output drives a hidden
     state of the same shape, both are traced with the factorised (ES-D-RTRL) trace under
     every algorithm, D-RTRL included.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> conv = etprop.nn.Conv1d(3, 4, kernel_size=5)           # channels last: (B, L, C)
+        >>> conv(jnp.ones((2, 16, 3))).shape
+        (2, 16, 4)
     """
-
-
-class Conv1d(_ConvNd):
-    __doc__ = _CONV_DOC.format(n=1, x="(W, C_in)")
     num_spatial = 1
 
 
 class Conv2d(_ConvNd):
-    __doc__ = _CONV_DOC.format(n=2, x="(H, W, C_in)")
+    r"""2-D convolution, channels last, through `etprop.conv`.
+
+    .. math::
+
+        y[p, o] = \sum_{k, c} x[s\,p + d\,k, c]\; W[k, c, o] + b[o]
+
+    (``s`` stride, ``d`` dilation, ``k`` over the window; ``groups`` splits the channels
+    into independent blocks.)
+
+    Args:
+      in_channels, out_channels: ``C_in`` and ``C_out`` (both divisible by ``groups``).
+      kernel_size: int or 2 ints.
+      stride, dilation: int or 2 ints.
+      padding: ``'SAME'``, ``'VALID'``, ``'SAME_LOWER'`` or 2 ``(low, high)`` pairs.
+      groups: feature groups.
+      bias: learn a bias ``(C_out,)``.
+      w_init: initial kernel ``(*kernel_size, C_in / groups, C_out)``, default LeCun normal
+        (std ``1/sqrt(fan_in)``, fan_in = window size x ``C_in / groups``).
+      b_init: initial bias, default zeros.
+      key: seed or PRNG key.
+      param_type: the class holding ``weight`` and ``bias`` (braintrace's keyword), default
+        `brainstate.ParamState`; `brainstate.FakeState` / `LongTermState` hold them frozen
+        (see `etprop.nn.linear`).
+
+    Shapes: ``x`` is ``(H, W, C_in)`` or with a leading batch axis; ``y`` likewise with ``C_out``.
+
+    States: none. Parameters: ``weight`` (the kernel), ``bias``.
+
+    Online learning: a kernel element (and a bias element) drives every output position of
+    its channel, so neither has a per-parameter trace: when the output drives a hidden
+    state of the same shape, both are traced with the factorised (ES-D-RTRL) trace under
+    every algorithm, D-RTRL included.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> conv = etprop.nn.Conv2d(3, 4, kernel_size=3, stride=2, padding="VALID")   # (B, H, W, C)
+        >>> conv(jnp.ones((2, 9, 9, 3))).shape
+        (2, 4, 4, 4)
+    """
     num_spatial = 2
 
 
 class Conv3d(_ConvNd):
-    __doc__ = _CONV_DOC.format(n=3, x="(D, H, W, C_in)")
+    r"""3-D convolution, channels last, through `etprop.conv`.
+
+    .. math::
+
+        y[p, o] = \sum_{k, c} x[s\,p + d\,k, c]\; W[k, c, o] + b[o]
+
+    (``s`` stride, ``d`` dilation, ``k`` over the window; ``groups`` splits the channels
+    into independent blocks.)
+
+    Args:
+      in_channels, out_channels: ``C_in`` and ``C_out`` (both divisible by ``groups``).
+      kernel_size: int or 3 ints.
+      stride, dilation: int or 3 ints.
+      padding: ``'SAME'``, ``'VALID'``, ``'SAME_LOWER'`` or 3 ``(low, high)`` pairs.
+      groups: feature groups.
+      bias: learn a bias ``(C_out,)``.
+      w_init: initial kernel ``(*kernel_size, C_in / groups, C_out)``, default LeCun normal
+        (std ``1/sqrt(fan_in)``, fan_in = window size x ``C_in / groups``).
+      b_init: initial bias, default zeros.
+      key: seed or PRNG key.
+      param_type: the class holding ``weight`` and ``bias`` (braintrace's keyword), default
+        `brainstate.ParamState`; `brainstate.FakeState` / `LongTermState` hold them frozen
+        (see `etprop.nn.linear`).
+
+    Shapes: ``x`` is ``(D, H, W, C_in)`` or with a leading batch axis; ``y`` likewise with ``C_out``.
+
+    States: none. Parameters: ``weight`` (the kernel), ``bias``.
+
+    Online learning: a kernel element (and a bias element) drives every output position of
+    its channel, so neither has a per-parameter trace: when the output drives a hidden
+    state of the same shape, both are traced with the factorised (ES-D-RTRL) trace under
+    every algorithm, D-RTRL included.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> conv = etprop.nn.Conv3d(1, 2, kernel_size=3)            # (B, D, H, W, C)
+        >>> conv(jnp.ones((2, 4, 4, 4, 1))).shape
+        (2, 4, 4, 4, 2)
+    """
     num_spatial = 3

@@ -36,6 +36,13 @@ class MiniLSTM(RNNCell):
 
     Online learning: all three traced; the diagonal Jacobian is :math:`f_t`, the recurrence
     through the gates' input ``[x, h]`` is dropped (D-RTRL approximates BPTT).
+
+    Examples:
+        >>> import brainstate, jax.numpy as jnp, etprop
+        >>> cell = etprop.nn.MiniLSTM(3, 8)
+        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
+        >>> cell(jnp.ones((4, 3))).shape                              # one step
+        (4, 8)
     """
 
     def __init__(self, num_in: int, num_out: int, *, w_init: Init = None, b_init: Init = None, key=None,
@@ -69,6 +76,13 @@ class CFNCell(RNNCell):
 
     Online learning: all three traced; the diagonal Jacobian is
     :math:`\theta_t \phi'(h_{t-1})`, the recurrence through the gates' input is dropped.
+
+    Examples:
+        >>> import brainstate, jax.numpy as jnp, etprop
+        >>> cell = etprop.nn.CFNCell(3, 8)
+        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
+        >>> cell(jnp.ones((4, 3))).shape                              # one step
+        (4, 8)
     """
 
     def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
@@ -113,6 +127,13 @@ class URLSTMCell(RNNCell):
 
     States: ``h``, ``c`` (``S = 2`` per unit). Parameters: ``Wf``, ``Wr``, ``Wu``, ``Wo``
     (no biases) and ``forget_bias``. Returns ``h_t``.
+
+    Examples:
+        >>> import brainstate, jax.numpy as jnp, etprop
+        >>> cell = etprop.nn.URLSTMCell(3, 8)
+        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
+        >>> cell(jnp.ones((4, 3))).shape                              # one step
+        (4, 8)
     """
 
     state_names = ("h", "c")

@@ -124,6 +124,15 @@ class Linear(brainstate.nn.Module):
     of a neuron), ``weight`` and ``bias`` are traced; D-RTRL keeps a per-parameter trace
     (each ``W[i, o]`` drives output ``o`` only). A readout whose output reaches no hidden
     state is not traced and gets its exact per-step gradient.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> layer = etprop.nn.Linear(3, 4)                     # weight (3, 4), bias (4,)
+        >>> layer(jnp.ones((2, 3))).shape                      # (B, I) -> (B, O)
+        (2, 4)
+        >>> dale = etprop.nn.Linear(3, 4, sign=jnp.array([1., 1., -1.]))   # input 2 inhibitory
+        >>> bool((dale(jnp.array([0., 0., 1.])) <= 0).all())
+        True
     """
 
     def __init__(self, in_size: int, out_size: int, bias: bool = True, w_mask=None, sign=None, *,
@@ -199,6 +208,14 @@ class SparseLinear(brainstate.nn.Module):
 
     Online learning: each stored value drives its column only, so D-RTRL keeps an exact
     per-parameter trace of ``nse`` elements (not ``I * O``).
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> from jax.experimental import sparse
+        >>> structure = sparse.BCOO.fromdense(jnp.array([[1., 0.], [0., 2.], [3., 0.]]))
+        >>> layer = etprop.nn.SparseLinear(structure)   # 3 trainable values (+ bias), zeros stay zero
+        >>> layer.weight.value.shape, layer(jnp.ones((4, 3))).shape
+        ((3,), (4, 2))
     """
 
     def __init__(self, sparse_mat, bias: bool = True, *, w_init: Init = None, b_init: Init = None, key=None,
@@ -296,6 +313,16 @@ class LoRA(brainstate.nn.Module):
     rank bottleneck, so ``B`` gets the factorised trace under every algorithm. A base
     module built on ETP operators is traced as it would be alone (its output reaches the
     same state through the sum).
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> adapter = etprop.nn.LoRA(6, 5, rank=2, alpha=0.5)          # B (6, 2), A (2, 5)
+        >>> adapter(jnp.ones((3, 6))).shape
+        (3, 5)
+        >>> base = etprop.nn.Linear(6, 5)
+        >>> tuned = etprop.nn.LoRA(6, 5, rank=2, base_module=base)      # base output + low-rank update
+        >>> tuned(jnp.ones((3, 6))).shape
+        (3, 5)
     """
 
     def __init__(self, in_size: int, out_size: int, *more, rank: int | None = None, alpha: float = 1.0,
@@ -396,6 +423,12 @@ class Embedding(brainstate.nn.Module):
     per-parameter trace when the embedding drives a hidden state of shape ``(F,)``; the
     renormalisation and the padding row's zero gradient act on the looked-up rows, after
     the operator, and leave that structure intact.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> emb = etprop.nn.Embedding(10, 4)                     # 10 tokens, 4 features
+        >>> emb(jnp.array([1, 7, 7])).shape                       # (B,) integer indices -> (B, F)
+        (3, 4)
     """
 
     def __init__(self, num_embeddings: int, features: int, w_init: Init = None, padding_idx: int | None = None,
@@ -492,6 +525,12 @@ class GroupedLinear(brainstate.nn.Module):
 
     Online learning: ``W[g, i, o]`` drives output ``(g, o)`` only: D-RTRL keeps a
     per-parameter trace when ``y`` drives a hidden state of shape ``(G, O)``.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> layer = etprop.nn.GroupedLinear(3, 4, 5)              # 3 groups, (4 -> 5) each
+        >>> layer(jnp.ones((2, 3, 4))).shape                      # (B, G, I) -> (B, G, O)
+        (2, 3, 5)
     """
 
     def __init__(self, num_groups: int, in_size: int, out_size: int, bias: bool = True, *,

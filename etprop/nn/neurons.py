@@ -271,6 +271,17 @@ class IF(_Neuron):
       reset: ``'subtract'`` or ``'zero'``; ``detach_reset`` stops gradients through the reset.
       v_scale: normaliser of the spike function's argument (default ``V_th - V_reset``).
       train_tau: make ``tau`` a per-neuron trainable parameter.
+
+    Examples:
+        >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
+        >>> with brainstate.environ.context(dt=1.0 * u.ms):
+        ...     neu = etprop.nn.IF(4, tau=5 * u.ms)
+        ...     _ = brainstate.nn.init_all_states(neu, batch_size=2)
+        ...     spikes = [neu(jnp.full((2, 4), 3.0)) for _ in range(20)]   # driven above threshold
+        >>> spikes[-1].shape, float(sum(s.sum() for s in spikes)) > 0
+        ((2, 4), True)
+        >>> sorted(k[0] for k in neu.states(brainstate.HiddenState))
+        ['v']
     """
 
     def __init__(self, in_size, **kwargs):
@@ -310,6 +321,17 @@ class LIF(_Neuron):
 
     Args: as `IF`, plus ``tau`` the membrane time constant and ``tau_ref`` the refractory
     period (None: none; same time unit as ``dt``).
+
+    Examples:
+        >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
+        >>> with brainstate.environ.context(dt=1.0 * u.ms):
+        ...     neu = etprop.nn.LIF(4, tau=10 * u.ms)
+        ...     _ = brainstate.nn.init_all_states(neu, batch_size=2)
+        ...     spikes = [neu(jnp.full((2, 4), 3.0)) for _ in range(20)]   # driven above threshold
+        >>> spikes[-1].shape, float(sum(s.sum() for s in spikes)) > 0
+        ((2, 4), True)
+        >>> sorted(k[0] for k in neu.states(brainstate.HiddenState))
+        ['v']
     """
 
     def __init__(self, in_size, *, tau_ref=None, **kwargs):
@@ -370,6 +392,17 @@ class ALIF(_Neuron):
 
     Args: as `LIF` (no refractory period), plus ``tau_a`` (adaptation time constant),
     ``beta`` and ``train_beta``.
+
+    Examples:
+        >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
+        >>> with brainstate.environ.context(dt=1.0 * u.ms):
+        ...     neu = etprop.nn.ALIF(4, tau=10 * u.ms, tau_a=100 * u.ms)
+        ...     _ = brainstate.nn.init_all_states(neu, batch_size=2)
+        ...     spikes = [neu(jnp.full((2, 4), 3.0)) for _ in range(20)]   # driven above threshold
+        >>> spikes[-1].shape, float(sum(s.sum() for s in spikes)) > 0
+        ((2, 4), True)
+        >>> sorted(k[0] for k in neu.states(brainstate.HiddenState))
+        ['a', 'v']
     """
 
     _state_names = ("v", "a")
@@ -441,6 +474,17 @@ class GIF(_Neuron):
     group ``(I1, I2, v, theta)``; all four interact only within a neuron, so the hidden
     Jacobian is block-diagonal (4 x 4 per neuron) and D-RTRL equals BPTT in a
     feed-forward layer.
+
+    Examples:
+        >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
+        >>> with brainstate.environ.context(dt=1.0 * u.ms):
+        ...     neu = etprop.nn.GIF(4)
+        ...     _ = brainstate.nn.init_all_states(neu, batch_size=2)
+        ...     spikes = [neu(jnp.full((2, 4), 3.0)) for _ in range(20)]   # driven above threshold
+        >>> spikes[-1].shape, float(sum(s.sum() for s in spikes)) > 0
+        ((2, 4), True)
+        >>> sorted(k[0] for k in neu.states(brainstate.HiddenState))
+        ['I1', 'I2', 'theta', 'v']
     """
 
     _state_names = ("I1", "I2", "v", "theta")

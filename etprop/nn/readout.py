@@ -75,6 +75,15 @@ class LeakyRateReadout(brainstate.nn.Module):
         quantity broadcast to ``(out_size,)`` (or ``(batch, out_size)``); or a callable
         ``f(shape)`` (a ``braintools.init`` initialiser, e.g. ``Constant(0.5)``) called with
         the full shape, batch axis included, at every ``init_state`` / ``reset_state``.
+
+    Examples:
+        >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
+        >>> with brainstate.environ.context(dt=1.0 * u.ms):
+        ...     readout = etprop.nn.LeakyRateReadout(4, 2, tau=5 * u.ms)
+        ...     _ = brainstate.nn.init_all_states(readout, batch_size=3)
+        ...     r = readout(jnp.ones((3, 4)))                 # spikes (or rates) in, leaky rates out
+        >>> r.shape
+        (3, 2)
     """
 
     def __init__(self, in_size: int, out_size: int, tau=5.0 * u.ms, *, w_init=None, seed=None,
@@ -148,6 +157,15 @@ class LeakySpikeReadout(LIF):
 
     Args: ``in_size``, ``out_size``, ``w_init``/``seed`` as `LeakyRateReadout`; the rest as
     `etprop.nn.LIF`.
+
+    Examples:
+        >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
+        >>> with brainstate.environ.context(dt=1.0 * u.ms):
+        ...     readout = etprop.nn.LeakySpikeReadout(4, 2)
+        ...     _ = brainstate.nn.init_all_states(readout, batch_size=3)
+        ...     out = readout(jnp.ones((3, 4)))
+        >>> out.shape
+        (3, 2)
     """
 
     def __init__(self, in_size: int, out_size: int, tau=20.0 * u.ms, *, w_init=None, seed=None, **kwargs):

@@ -79,7 +79,16 @@ def activation_fn(act) -> Callable:
 
 
 class RNNCell(brainstate.nn.Module):
-    """Base of the cells: sizes and zero-initialised hidden states named in ``state_names``."""
+    """Base of the cells: sizes and zero-initialised hidden states named in ``state_names``.
+
+    Examples:
+        >>> import etprop
+        >>> issubclass(etprop.nn.GRUCell, etprop.nn.RNNCell)    # the base of every rate cell
+        True
+        >>> cell = etprop.nn.GRUCell(3, 8)
+        >>> cell.num_in, cell.num_out, cell.state_names
+        (3, 8, ('h',))
+    """
 
     state_names: tuple[str, ...] = ("h",)
     #: initialiser of the hidden states (braintrace's ``state_init=``): None for zeros, else an
@@ -142,6 +151,13 @@ class VanillaRNNCell(RNNCell):
     immediate term ``dh_{t-1}/dW`` with ``h_{t-2}`` fixed, i.e. D-RTRL is truncated BPTT
     over the last two steps. ES-D-RTRL replaces ``x_{t-1}`` in that term by a smoothed
     input trace. Both are approximations; see the measured cosines in the tests.
+
+    Examples:
+        >>> import brainstate, jax.numpy as jnp, etprop
+        >>> cell = etprop.nn.VanillaRNNCell(3, 8)
+        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
+        >>> cell(jnp.ones((4, 3))).shape                              # one step
+        (4, 8)
     """
 
     def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
@@ -175,6 +191,13 @@ class GRUCell(RNNCell):
     only through the input of ``Wh``, another ETP operator, so it gets its exact gradient
     through the current step (nonzero, never silently untrained). The recurrence through
     ``[x, h] W`` is dense, so D-RTRL and ES-D-RTRL approximate BPTT.
+
+    Examples:
+        >>> import brainstate, jax.numpy as jnp, etprop
+        >>> cell = etprop.nn.GRUCell(3, 8)
+        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
+        >>> cell(jnp.ones((4, 3))).shape                              # one step
+        (4, 8)
     """
 
     def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
@@ -211,6 +234,13 @@ class MGUCell(RNNCell):
     trace; its path through ``Wh``'s input is kept only within the current step. The
     diagonal Jacobian is :math:`1 - f_t`; the dense recurrence through ``[x, h] W`` is
     dropped, so D-RTRL and ES-D-RTRL approximate BPTT.
+
+    Examples:
+        >>> import brainstate, jax.numpy as jnp, etprop
+        >>> cell = etprop.nn.MGUCell(3, 8)
+        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
+        >>> cell(jnp.ones((4, 3))).shape                              # one step
+        (4, 8)
     """
 
     def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
@@ -251,6 +281,13 @@ class LSTMCell(RNNCell):
     :math:`\partial(c_t, h_t)/\partial(c_{t-1}, h_{t-1})` with ``h_{t-1}``-columns zero,
     since ``h_{t-1}`` acts only through the gates' inputs). That dense recurrence is
     dropped, so D-RTRL and ES-D-RTRL approximate BPTT.
+
+    Examples:
+        >>> import brainstate, jax.numpy as jnp, etprop
+        >>> cell = etprop.nn.LSTMCell(3, 8)
+        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
+        >>> cell(jnp.ones((4, 3))).shape                              # one step
+        (4, 8)
     """
 
     state_names = ("h", "c")
@@ -293,6 +330,13 @@ class MinimalRNNCell(RNNCell):
     :math:`u_t`. The gate's recurrent part (``h_{t-1}`` inside ``[z, h] W_u``) is dense,
     and ``Wx``'s path through ``Wu``'s input mixes units, so D-RTRL and ES-D-RTRL
     approximate BPTT (both paths are exact within the current step).
+
+    Examples:
+        >>> import brainstate, jax.numpy as jnp, etprop
+        >>> cell = etprop.nn.MinimalRNNCell(3, 8)
+        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
+        >>> cell(jnp.ones((4, 3))).shape                              # one step
+        (4, 8)
     """
 
     def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
@@ -331,6 +375,13 @@ class MiniGRU(RNNCell):
     Online learning: both traced. The hidden Jacobian is exactly diagonal,
     :math:`\partial h_t / \partial h_{t-1} = \mathrm{diag}(1 - z_t)`, so **D-RTRL equals
     BPTT**; ES-D-RTRL approximates it (its input trace uses one decay for all units).
+
+    Examples:
+        >>> import brainstate, jax.numpy as jnp, etprop
+        >>> cell = etprop.nn.MiniGRU(3, 8)
+        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
+        >>> cell(jnp.ones((4, 3))).shape                              # one step
+        (4, 8)
     """
 
     def __init__(self, num_in: int, num_out: int, activation: str | Callable | None = None, *,
@@ -395,6 +446,15 @@ class LRUCell(RNNCell):
     ``(h_re, h_im)``), so **D-RTRL equals BPTT**. ``C`` and ``D`` act on the output only
     (they reach no hidden state): not traced, exact gradient through the current step,
     which for a memoryless readout is the BPTT gradient.
+
+    Examples:
+        >>> import brainstate, jax.numpy as jnp, etprop
+        >>> lru = etprop.nn.LRUCell(3, 16)                 # 16 complex units; output size = input size
+        >>> _ = brainstate.nn.init_all_states(lru, batch_size=4)
+        >>> lru(jnp.ones((4, 3))).shape
+        (4, 3)
+        >>> sorted(lru.states(brainstate.HiddenState))     # one group, S = 2
+        [('h_im',), ('h_re',)]
     """
 
     state_names = ("h_re", "h_im")

@@ -61,6 +61,15 @@ class SpikingRecurrentLayer(brainstate.nn.Module):
       self_connections: keep the diagonal of ``w_rec``.
       w_in_init, w_rec_init: arrays, initializers or None (``N(0, scale^2/fan_in)`` with
         ``in_scale`` / ``rec_scale``); ``seed`` for the default draws.
+
+    Examples:
+        >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
+        >>> with brainstate.environ.context(dt=1.0 * u.ms):
+        ...     layer = etprop.nn.SpikingRecurrentLayer(3, 8, neuron="alif", tau=20 * u.ms)
+        ...     _ = brainstate.nn.init_all_states(layer, batch_size=2)
+        ...     z = layer(jnp.ones((2, 3)))               # this step's spikes, (B, n_rec)
+        >>> z.shape
+        (2, 8)
     """
 
     def __init__(self, n_in: int, n_rec: int, neuron="lif", *, dale: float | None = None,

@@ -93,6 +93,16 @@ class Expon(_Synapse):
       tau: decay time constant (quantity or number, like ``dt``).
       unit: unit of ``x`` and ``g`` (default dimensionless).
       train_tau: make ``tau`` a per-position trainable parameter.
+
+    Examples:
+        >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
+        >>> with brainstate.environ.context(dt=1.0 * u.ms):
+        ...     syn = etprop.nn.Expon(3, tau=5 * u.ms)
+        ...     _ = brainstate.nn.init_all_states(syn, batch_size=2)
+        ...     g1 = syn(jnp.ones((2, 3)))                 # a jump of 1
+        ...     g2 = syn(jnp.zeros((2, 3)))                # then decay by exp(-dt / tau)
+        >>> round(float(g1[0, 0]), 4), round(float(g2[0, 0]), 4)
+        (1.0, 0.8187)
     """
 
     def __init__(self, in_size, tau=5.0 * u.ms, *, unit=None, train_tau: bool = False, name=None,
@@ -123,6 +133,17 @@ class Alpha(_Synapse):
 
     Online learning: no weights; the operator producing ``x`` is traced into the group
     ``(g, h)``, whose Jacobian is 2 x 2 per position (D-RTRL exact).
+
+    Examples:
+        >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
+        >>> with brainstate.environ.context(dt=1.0 * u.ms):
+        ...     syn = etprop.nn.Alpha(3, tau=5 * u.ms)
+        ...     _ = brainstate.nn.init_all_states(syn, batch_size=2)
+        ...     g = [syn(jnp.ones((2, 3)) if t == 0 else jnp.zeros((2, 3))) for t in range(10)]
+        >>> float(g[0][0, 0]), float(g[5][0, 0]) > 0                 # rises after the input, then decays
+        (0.0, True)
+        >>> sorted(k[0] for k in syn.states(brainstate.HiddenState))  # two states per position
+        ['g', 'h']
     """
 
     _state_names = ("g", "h")
@@ -156,6 +177,16 @@ class DualExpon(_Synapse):
     each forms its own group of S = 1 (a neuron fed by ``g`` joins both into one).
 
     Online learning: no weights; the operator producing ``x`` is traced into each state.
+
+    Examples:
+        >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
+        >>> with brainstate.environ.context(dt=1.0 * u.ms):
+        ...     syn = etprop.nn.DualExpon(3, tau_decay=10 * u.ms, tau_rise=1 * u.ms)
+        ...     _ = brainstate.nn.init_all_states(syn, batch_size=2)
+        ...     g = [syn(jnp.ones((2, 3)) if t == 0 else jnp.zeros((2, 3))) for t in range(30)]
+        >>> peak = max(range(30), key=lambda t: float(g[t][0, 0]))
+        >>> 0 < peak < 10                                       # rises with tau_rise, decays with tau_decay
+        True
     """
 
     _state_names = ("g_rise", "g_decay")

@@ -84,6 +84,15 @@ def conv(x, kernel, bias=None, *, strides: int | Sequence[int] = 1, padding: str
     axis than an unbatched one. Options are those of `jax.lax.conv_general_dilated`;
     ``dimension_numbers`` defaults to channels-last (``NWC/WIO``, ``NHWC/HWIO``,
     ``NDHWC/DHWIO``) and must be given as three layout strings.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> x = jnp.ones((2, 8, 8, 3))                        # (B, H, W, C), channels last
+        >>> kernel, bias = jnp.ones((3, 3, 3, 4)), jnp.zeros(4)   # (KH, KW, C, O)
+        >>> etprop.conv(x, kernel, bias, padding="SAME").shape
+        (2, 8, 8, 4)
+        >>> etprop.conv(x[0], kernel, strides=2, padding="VALID").shape   # unbatched
+        (3, 3, 4)
     """
     n = len(C.shape_of(kernel)) - 2
     if n not in _DEFAULT_DN:

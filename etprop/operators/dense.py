@@ -72,6 +72,16 @@ def matmul(x, weight, bias=None, *, weight_fn=None, bias_fn=None):
 
     Returns:
       ``(O,)`` or ``(B, O)``.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> x, w, b = jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.zeros(4)
+        >>> etprop.matmul(x, w, b).shape            # (B, I) @ (I, O) + (O,)
+        (2, 4)
+        >>> etprop.matmul(x[0], w).tolist()         # unbatched: (I,) -> (O,)
+        [3.0, 3.0, 3.0, 3.0]
+        >>> etprop.matmul(x, w, weight_fn=jnp.abs).shape   # gradients w.r.t. the raw weight
+        (2, 4)
     """
     return MATMUL.bind(x, {"weight": weight, "bias": bias}, fns={"weight": weight_fn, "bias": bias_fn})
 
@@ -111,6 +121,13 @@ def grouped_matmul(x, weight, bias=None, *, weight_fn=None, bias_fn=None):
 
     Returns:
       ``(G, O)`` or ``(B, G, O)``.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> x = jnp.ones((2, 3, 4))                  # (B, G, I): 3 groups of 4 inputs
+        >>> weight = jnp.ones((3, 4, 5))             # one (I, O) matrix per group
+        >>> etprop.grouped_matmul(x, weight, jnp.zeros((3, 5))).shape
+        (2, 3, 5)
     """
     return GROUPED_MATMUL.bind(x, {"weight": weight, "bias": bias},
                                fns={"weight": weight_fn, "bias": bias_fn})
@@ -203,6 +220,14 @@ def einsum(equation: str, x, weight, *, weight_fn=None):
 
     ``x`` may carry one extra leading batch axis not named in the equation
     (``einsum('i,io->o', x_BI, w)`` works). ``'...'`` in the ``x`` spec is allowed.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> x, w = jnp.ones((2, 3)), jnp.ones((3, 4))
+        >>> etprop.einsum("i,io->o", x, w).shape      # x's extra leading axis is the batch
+        (2, 4)
+        >>> etprop.einsum("ni,nio->no", jnp.ones((5, 3)), jnp.ones((5, 3, 4))).shape
+        (5, 4)
     """
     if not isinstance(equation, str):
         raise OperandError(f"einsum: equation must be a string, got {type(equation)}")

@@ -36,5 +36,11 @@ def element_wise(weight, *, weight_fn=None):
     Args:
       weight: any-shape floating array or quantity.
       weight_fn: an element-wise transform, e.g. ``jax.nn.sigmoid`` to keep a decay in (0, 1).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, etprop
+        >>> decay = etprop.element_wise(jnp.zeros(3), weight_fn=jax.nn.sigmoid)   # one leak per unit
+        >>> decay.tolist()
+        [0.5, 0.5, 0.5]
     """
     return ELEMENT_WISE.bind(None, {"weight": weight}, fns={"weight": weight_fn})

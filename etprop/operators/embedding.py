@@ -54,5 +54,11 @@ def embedding(indices, weight, *, weight_fn=None):
 
     Returns:
       ``(F,)`` or ``(B, F)``. Out-of-range indices raise when concrete, else give NaN rows.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> table = jnp.arange(12.).reshape(4, 3)       # (V, F): 4 tokens, 3 features
+        >>> etprop.embedding(jnp.array([2, 0]), table).tolist()
+        [[6.0, 7.0, 8.0], [0.0, 1.0, 2.0]]
     """
     return EMBEDDING.bind(indices, {"weight": weight}, fns={"weight": weight_fn})

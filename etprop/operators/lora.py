@@ -48,6 +48,14 @@ def lora_matmul(x, B, A, *, alpha: float = 1.0, bias=None, b_fn=None, a_fn=None,
 
     Returns:
       ``(O,)`` or ``(B, O)``.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> x = jnp.ones((2, 6))
+        >>> B, A = jnp.ones((6, 2)), jnp.ones((2, 5)) * 0.1    # rank 2
+        >>> y = etprop.lora_matmul(x, B, A, alpha=0.5)
+        >>> y.shape, round(float(y[0, 0]), 4)                 # 0.5 * 6 * 2 * 0.1
+        ((2, 5), 0.6)
     """
     return LORA_MATMUL.bind(x, {"B": B, "A": A, "bias": bias},
                             fns={"B": b_fn, "A": a_fn, "bias": bias_fn}, alpha=float(alpha))

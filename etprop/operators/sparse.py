@@ -114,6 +114,14 @@ def sparse_matmul(x, weight, *, sparse_mat, bias=None, weight_fn=None, bias_fn=N
 
     Returns:
       ``(O,)`` or ``(B, O)``.
+
+    Examples:
+        >>> import jax.numpy as jnp, etprop
+        >>> from jax.experimental import sparse
+        >>> structure = sparse.BCOO.fromdense(jnp.array([[1., 0.], [0., 2.], [3., 0.]]))   # (I, O) = (3, 2)
+        >>> weight = structure.data                          # the 3 stored values learn
+        >>> etprop.sparse_matmul(jnp.ones((4, 3)), weight, sparse_mat=structure).tolist()[0]
+        [4.0, 2.0]
     """
     mat = as_bcoo(sparse_mat)
     return SPARSE_MATMUL.bind(x, {"weight": weight, "bias": bias}, aux={"indices": mat.indices},
