@@ -7,6 +7,9 @@ inputs, 4 outputs). For D-RTRL and ES-D-RTRL, one sequence's gradient through
 * ``step_fn reused``: ``etrace_grad(xs, ys, step_fn=f)`` with one ``f`` for every call;
 * ``step_fn fresh``: a new ``lambda`` written in the loop at every call (braintrace's README
   does this), which must not recompile;
+* ``step_fn per-step path``: a step function that also reads the model's hidden state (as a
+  firing-rate regulariser does), which keeps the literal per-step loop
+  (`etprop.algorithms.step_fn_fast`);
 
 against BPTT (``etprop.BPTT``, ``loss_fn`` form). Medians of ``--repeats`` calls after a warm-up
 call, ms per sequence and ratios, printed as a markdown table with the machine and versions.
@@ -22,6 +25,7 @@ import statistics
 import sys
 import time
 
+import brainstate
 import jax
 import jax.numpy as jnp
 
@@ -60,6 +64,14 @@ def measure(hidden=256, batch=16, T=100, repeats=5, n_in=16, n_out=4):
         rows[f"{name} step_fn fresh lambda"] = _time(
             lambda: learner.etrace_grad(xs, ys, step_fn=lambda x, y: jnp.mean(jax.vmap(mse)(learner(x), y)),
                                         return_value=True)[1], repeats)
+        hidden_state = list(learner.model.states(brainstate.HiddenState).values())[0]
+
+        def reads_state(x, y, learner=learner):  # a regulariser on the model's state: the per-step path
+            return jnp.mean(jax.vmap(mse)(learner(x), y)) + 0.0 * jnp.mean(hidden_state.value)
+
+        rows[f"{name} step_fn per-step path"] = _time(
+            lambda: learner.etrace_grad(xs, ys, step_fn=reads_state, return_value=True)[1], repeats)
+        assert learner.step_fn_path.startswith("per-step")
     return rows
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import brainstate
+import jax.numpy as jnp
 import numpy as np
 
 from etprop.algorithms.base import OnlineAlgorithm
+from etprop.algorithms.etrace import TraceLearner
 from etprop.algorithms.rules import RuleConfig, resolve
 from etprop.errors import ArgumentError
 
@@ -14,7 +18,7 @@ __all__ = ["compile"]
 
 def compile(model, algorithm, *example_inputs, batch_size: int | None = None, seed: int | None = None,
             verbose: int = 0, vmap: bool = False, cross_shape: str = "error", check_finite: bool = True,
-            **options) -> OnlineAlgorithm:
+            trace_dtype=None, **options) -> OnlineAlgorithm:
     """Build the learner ``algorithm`` for ``model`` and compile it on ``example_inputs``.
 
     Args:
@@ -45,6 +49,10 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
         ``vmap`` makes JAX raise it (a runtime error whose message ends
         ``etprop.NumericalError: ...``) when the result is materialised. ``False`` traces no
         check at all; ``learner.check_finite`` changes it later.
+      trace_dtype: store eligibility traces in this dtype between steps (``jnp.bfloat16`` or
+        ``jnp.float16`` halve trace memory against float32); every trace update and gradient is
+        still computed in the model's dtype. None (default): the model's dtype. For the learners
+        on per-relation traces (D-RTRL, ES-D-RTRL, hybrid, e-prop, OSTL, three-factor).
       **options: algorithm options, e.g. ``decay_or_rank=0.9``.
 
     Example::
@@ -64,6 +72,9 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
         raise ArgumentError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     if not isinstance(check_finite, (bool, np.bool_)):
         raise ArgumentError(f"check_finite must be True or False, got {check_finite!r}")
+    if cross_shape not in ("error", "warn"):
+        raise ArgumentError(f"cross_shape must be 'error' or 'warn', got {cross_shape!r}")
+    _check_options(cls, options)
     if vmap and batch_size is None:
         raise ArgumentError("vmap=True needs batch_size= (the size of the example inputs' leading axis)")
     if seed is not None:
@@ -82,10 +93,48 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
         learner = cls(model, **options)
     learner.cross_shape = cross_shape
     learner.check_finite = bool(check_finite)
+    learner.trace_dtype = _check_trace_dtype(trace_dtype, learner)
     learner.compile_graph(*example_inputs, batch_size=batch_size)
     if verbose:
         print(learner.report())
     return learner
+
+
+_TRACE_DTYPES = ("bfloat16", "float16", "float32", "float64")
+
+
+def _check_trace_dtype(trace_dtype, learner):
+    """``trace_dtype`` as a numpy dtype (or None); an `ArgumentError` naming the valid ones."""
+    if trace_dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(trace_dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in _TRACE_DTYPES:
+        raise ArgumentError(f"trace_dtype must be one of {list(_TRACE_DTYPES)} (e.g. jnp.bfloat16) or None, got "
+                            f"{trace_dtype!r}")
+    if not isinstance(learner, TraceLearner):
+        raise ArgumentError(f"trace_dtype applies to the learners on per-relation traces (D-RTRL, ES-D-RTRL, "
+                            f"hybrid, e-prop, OSTL, three-factor); {type(learner).__name__} carries no such traces")
+    return dt
+
+
+def _check_options(cls, options: dict) -> None:
+    """An option the learner's constructor does not take is an `ArgumentError` listing the ones it takes
+    (not the constructor's ``TypeError``)."""
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, model
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ArgumentError(f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; its options are "
+                            f"{accepted or 'none'} (etprop.compile's own: batch_size, seed, verbose, vmap, "
+                            f"cross_shape, check_finite, trace_dtype, vjp_method)")
 
 
 # learners that draw random numbers: the option that takes compile's seed

@@ -37,8 +37,9 @@ from typing import Any
 import brainunit as u
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from etprop.errors import OperandError
+from etprop.errors import ArgumentError, OperandError
 
 __all__ = ["ETPPrimitive", "ETPCall", "register_primitive", "get_primitive", "lookup_call", "MARK_PREFIX"]
 
@@ -189,8 +190,11 @@ class ETPPrimitive:
         param_grad: Callable | None = None,
         doc: str = "",
     ):
-        if not name.isidentifier():
-            raise ValueError(f"ETP primitive name must be a Python identifier, got {name!r}")
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ArgumentError(f"ETP primitive name must be a Python identifier, got {name!r}")
+        if not callable(forward):
+            raise ArgumentError(f"ETPPrimitive {name!r}: 'forward' must be callable, forward(x, params, aux, "
+                                f"**config) -> y; got {forward!r}")
         self.name = name
         self.forward = forward
         self.param_names = tuple(param_names)
@@ -201,7 +205,8 @@ class ETPPrimitive:
         self.doc = doc
         unknown = set(self.out_to_param) - set(self.param_names)
         if unknown:
-            raise ValueError(f"out_to_param names unknown parameters {sorted(unknown)} of {name!r}")
+            raise ArgumentError(f"out_to_param names unknown parameters {sorted(unknown)} of {name!r}; "
+                                f"the parameters are param_names={list(self.param_names)}")
 
     def __repr__(self):
         return f"ETPPrimitive({self.name!r})"
@@ -209,7 +214,13 @@ class ETPPrimitive:
     # -- forward ---------------------------------------------------------------------------
 
     def _apply(self, x, params, aux, fns, config):
+        raw = params
         params = {k: (fns[k](p) if fns.get(k) is not None else p) for k, p in params.items()}
+        for k in fns:  # static shapes: also raised when traced under jit
+            if k in params and np.shape(params[k]) != np.shape(raw[k]):
+                raise OperandError(f"{self.name}: the transform of '{k}' changed its shape from {np.shape(raw[k])} "
+                                   f"to {np.shape(params[k])}; a parameter transform must be element-wise (keep "
+                                   f"the shape), e.g. jnp.abs or a mask of the same shape")
         x_m, x_u = split_unit(x) if x is not None else (None, u.UNITLESS)
         split = {k: split_unit(p) for k, p in params.items()}
         p_m = {k: m for k, (m, _) in split.items()}
@@ -345,18 +356,27 @@ def register_primitive(primitive: ETPPrimitive, *, overwrite: bool = False) -> E
         >>> etprop.register_primitive(double) is double      # the same object again: fine
         True
     """
+    if not isinstance(primitive, ETPPrimitive):
+        raise ArgumentError(f"register_primitive takes an etprop.ETPPrimitive, got {type(primitive).__name__}")
     if primitive.name in _PRIMITIVES and not overwrite and _PRIMITIVES[primitive.name] is not primitive:
-        raise ValueError(f"an ETP primitive named {primitive.name!r} is already registered; "
+        raise ArgumentError(f"an ETP primitive named {primitive.name!r} is already registered; "
                          f"pick another name or pass overwrite=True")
     _PRIMITIVES[primitive.name] = primitive
     return primitive
 
 
+class UnknownPrimitiveError(ArgumentError, KeyError):
+    """`get_primitive` of a name that is not registered: an `ArgumentError`, and a `KeyError` as before."""
+
+    __str__ = Exception.__str__  # the message itself, not KeyError's repr of it
+
+
 def get_primitive(name: str) -> ETPPrimitive:
+    """The registered `ETPPrimitive` called ``name``; `UnknownPrimitiveError` lists the registered ones."""
     try:
         return _PRIMITIVES[name]
-    except KeyError:
-        raise KeyError(f"no ETP primitive named {name!r}; registered: {sorted(_PRIMITIVES)}") from None
+    except (KeyError, TypeError):
+        raise UnknownPrimitiveError(f"no ETP primitive named {name!r}; registered: {sorted(_PRIMITIVES)}") from None
 
 
 def lookup_call(eqn) -> ETPCall | None:

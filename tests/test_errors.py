@@ -66,3 +66,24 @@ def test_bad_sequences_are_library_errors_not_jax_tracebacks():
         learner.etrace_grad(etprop.MultiStepData(jnp.ones((5, 3)), jnp.ones((5, 2))), jnp.ones((4, 2)), mse)
     with pytest.raises(etprop.OperandError, match=r"is 6, expected 4 \('x' \(2, 6\), 'weight' \(4, 3\)\)"):
         etprop.matmul(jnp.ones((2, 6)), jnp.ones((4, 3)))
+
+
+def test_errors_that_keep_their_old_builtin_type():
+    """Where etprop raised a KeyError or TypeError before, its error is now an ArgumentError that is still one."""
+    import brainunit as u
+    import jax.numpy as jnp
+
+    from etprop.nn.surrogate import FastSigmoid
+
+    with pytest.raises(KeyError) as info:
+        etprop.get_primitive("no_such_primitive")
+    assert isinstance(info.value, etprop.ArgumentError)
+    assert str(info.value).startswith("no ETP primitive named 'no_such_primitive'")  # not KeyError's repr
+    with pytest.raises(TypeError) as info:
+        FastSigmoid(jnp.array(2.0))
+    assert isinstance(info.value, etprop.ArgumentError)
+    with pytest.raises(KeyError) as info:
+        etprop.nn.LIF(3, tau=10.0 * u.ms).update(jnp.ones(3))  # no dt set
+    assert isinstance(info.value, etprop.ArgumentError) and str(info.value).startswith("etprop.nn: the time step")
+    with pytest.raises(ValueError):  # ArgumentError, a ValueError as before
+        etprop.nn.LIF(3, reset="hard")

@@ -37,8 +37,11 @@ import numpy as np
 from etprop.errors import ArgumentError, NotSupportedError, OperandError
 from etprop.algorithms.chunked import make_chunk
 from etprop.algorithms.drivers import SequenceDrivers, as_args
+from etprop.algorithms import step_fn_fast
 from etprop.algorithms.finite import call_window
-from etprop.algorithms.vjp import batch_sum, online_custom_vjp, sum_terms, tree_sum0
+from etprop.algorithms.relation_ops import RelationOps
+from etprop.algorithms.traces import RelationSignals, TraceRule
+from etprop.algorithms.vjp import online_custom_vjp, tree_sum0
 from etprop.fncache import LRUCache
 from etprop.graph import executor
 from etprop.graph.compiler import ETraceGraph, Relation, compile_graph
@@ -48,13 +51,17 @@ from etprop.trace_state import EligibilityTrace
 __all__ = ["OnlineAlgorithm", "StepSignals", "unflatten_out_seq"]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class StepSignals:
     """Per-step, per-sample quantities the trace rules consume."""
 
     D: dict  # group -> [[D_as for s] for a], each of the group's shape
     Df: dict  # eqn index -> {group -> [Df_a]}
     operands: dict  # eqn index -> operand values (mantissas)
+
+    def of(self, rel: Relation) -> RelationSignals:
+        """The signals of one relation (see `etprop.algorithms.traces`)."""
+        return RelationSignals(self.D[rel.group], self.Df[rel.eqn_index][rel.group], self.operands[rel.eqn_index])
 
 
 def _mantissa(x):
@@ -77,6 +84,10 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
     cross_shape = "error"
     #: learners whose gradient holds every hidden-to-hidden path (BPTT, RTRL) ignore it
     exact_across_groups = False
+    #: the dtype eligibility traces are stored in between steps (``etprop.compile(...,
+    #: trace_dtype=jnp.bfloat16)``), or None: the wider of each weight's and its hidden group's
+    #: dtypes. Rules always compute in the wider dtype; only storage is narrowed.
+    trace_dtype = None
 
     def __init__(self, model):
         super().__init__()
@@ -97,6 +108,9 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
         self._example_sample = (example_inputs if batch_size is None
                                 else jax.tree.map(lambda a: a[0], example_inputs))
         self._arg_tree = jax.tree.structure(example_inputs)
+        self.prepare_rules()
+        self._ops = [RelationOps(self.graph, r, batch_size, self.trace_dtype) for r in self.graph.relations]
+        self._rules = [self.trace_rule(r) for r in self.graph.relations]
         self._kinds = {i: self.relation_kind(r) for i, r in enumerate(self.graph.relations)}
         self.etrace = EligibilityTrace(self._batch(self._init_sample_traces()))
         self._hidden0 = self.graph.mf.values()[1]  # what reset() returns the hidden states to
@@ -128,12 +142,28 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
             raise ArgumentError(f"{type(self).__name__}: call compile_graph(*example_inputs) first "
                                 f"(or use etprop.compile)")
 
-    def relation_kind(self, rel: Relation) -> str:
-        """``'param'`` (per-parameter trace) or ``'io'`` (factorised trace)."""
+    def prepare_rules(self) -> None:
+        """Called at compile time once the graph is known, before `trace_rule` is asked: a learner
+        measures here what its rules depend on (ES-D-RTRL's leaks, OSTL's recurrent groups)."""
+
+    def trace_rule(self, rel: Relation) -> TraceRule:
+        """The trace rule (`etprop.algorithms.traces`) of one relation: what the learner is."""
         raise NotImplementedError
 
+    def rules(self) -> list[TraceRule]:
+        """The trace rule of each relation, in the graph's order."""
+        return list(self._rules)
+
+    def relation_ops(self) -> list[RelationOps]:
+        """Each relation bound to the graph and batch size (what its rule computes with)."""
+        return list(self._ops)
+
+    def relation_kind(self, rel: Relation) -> str:
+        """The form of a relation's trace: ``'param'`` (per-parameter) or ``'io'`` (factorised)."""
+        return self._rules[self.graph.relations.index(rel)].kind
+
     def _init_sample_traces(self):
-        return {"rel": [self.init_relation_trace(r, self._kinds[i]) for i, r in enumerate(self.graph.relations)],
+        return {"rel": [ops.store(rule.init(ops)) for rule, ops in zip(self._rules, self._ops)],
                 "count": jnp.zeros((), jnp.float32)}
 
     def _batch(self, tree):
@@ -153,23 +183,17 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
             self.graph.mf.write(hidden=self._hidden0)
             self.graph.mf.reset_clock()
 
-    # -- trace rules (per relation), implemented by subclasses -------------------------------
+    # -- the relations' trace rules ------------------------------------------------------------
 
-    def init_relation_trace(self, rel: Relation, kind: str):
-        raise NotImplementedError
-
-    def advance_relation(self, rel: Relation, kind: str, trace, sig: StepSignals, count):
-        """The relation's trace after one more step."""
-        raise NotImplementedError
-
-    def relation_history(self, rel: Relation, kind: str, trace, delta, operands, count):
-        """``delta . e``: the gradient of ``rel.leaf`` through the trace, per sample."""
-        raise NotImplementedError
+    def relation_history(self, i: int, trace, delta, operands, count):
+        """``delta . e``: the gradient of relation ``i``'s parameter through its trace (batch summed)."""
+        ops = self._ops[i]
+        return self._rules[i].history(ops, ops.load(trace), delta, operands, count)
 
     def trace_bytes(self, rel: Relation) -> int:
         """Bytes of one relation's trace for one sample."""
         i = self.graph.relations.index(rel)
-        t = self.init_relation_trace(rel, self._kinds[i])
+        t = self._ops[i].store(self._rules[i].init(self._ops[i]))
         return int(sum(np.prod(np.shape(a)) * jnp.result_type(a).itemsize for a in jax.tree.leaves(t)))
 
     def report(self) -> str:
@@ -182,7 +206,8 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
             return f"[{type(self).__name__}: {self.describe_kind(r, kind)}]"
 
         head = f"{type(self).__name__} on {type(self.model).__name__} (batch_size={self.batch_size})"
-        return head + "\n" + self.graph.report(algorithm_of=algo, memory_of=self.trace_bytes)
+        tail = "" if self.step_fn_path is None else f"\nlast etrace_grad(..., step_fn=...): {self.step_fn_path}"
+        return head + "\n" + self.graph.report(algorithm_of=algo, memory_of=self.trace_bytes) + tail
 
     def describe_kind(self, rel, kind) -> str:
         return {"param": "per-parameter trace (D-RTRL)", "io": "factorised trace (ES-D-RTRL)"}[kind]
@@ -192,77 +217,9 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
         the real ones). Identity here; random-feedback e-prop swaps in its feedback matrix."""
         return p_leaves
 
-    # -- helpers for the rules -----------------------------------------------------------------
-
-    def _operand_pos(self, rel: Relation) -> int:
-        return rel.call.operand_positions()[1][rel.param]
-
-    def param_vjp(self, rel: Relation, operands, cotangent, x_override=None):
-        """Per-sample pullback of the ETP equation w.r.t. the relation's parameter operand."""
-        g, idx = self.graph, rel.eqn_index
-        pos = self._operand_pos(rel)
-        ops = list(operands)
-        if x_override is not None:
-            for j, xv in enumerate(x_override):
-                ops[j] = xv.astype(jnp.result_type(ops[j]))
-
-        def f(p):
-            o = list(ops)
-            o[pos] = p
-            return executor.bind_etp(g, idx, o)
-
-        _, pull = jax.vjp(f, ops[pos])
-        return pull(cotangent.astype(executor.output_aval(g, idx).dtype))[0]
-
     def bsum(self, x):
         """Sum over the batch axis (a no-op without ``batch_size``)."""
         return x if self.batch_size is None else tree_sum0(x)
-
-    def bsum_products(self, rel: Relation, operands, deltas, traces):
-        """``bsum(sum_a expand(delta_a) * trace_a)``: the learning signal ``delta_a``
-        (``(B, *pos)``) times the per-parameter trace ``trace_a`` (``(B, *param)``), summed
-        over states and batch. The products are formed per sample inside the sum, so XLA fuses
-        everything into one pass over the traces instead of writing a ``(B, *param)`` product
-        and reading it back."""
-        full = [self.expand(rel, operands, d) for d in deltas]  # broadcasts: never materialised
-        if self.batch_size is None:
-            return sum_terms([f * e for f, e in zip(full, traces)])
-        return batch_sum(lambda b: sum_terms([f[b] * e[b] for f, e in zip(full, traces)]), self.batch_size)
-
-    def param_vjp_sum(self, rel: Relation, operands, cotangent, x_override=None):
-        """`param_vjp` summed over the batch (see `param_vjp_over`)."""
-        if self.batch_size is None:
-            return self.param_vjp(rel, operands, cotangent, x_override)
-        return self.param_vjp_over(rel, operands, cotangent, self.batch_size, x_override)
-
-    def param_vjp_over(self, rel: Relation, operands, cotangent, n: int, x_override=None):
-        """Pullback w.r.t. the relation's parameter, summed over a leading axis of size ``n``
-        carried by the per-sample operands, the cotangent and ``x_override`` (shared
-        operands have none). For matmul this is one ``(I x n)(n x O)`` product."""
-        g, idx = self.graph, rel.eqn_index
-        pos = self._operand_pos(rel)
-        per = self.graph.etp_operand_per_sample[rel.eqn_index]
-        ops = list(operands)
-        axes = [0 if b else None for b in per]
-        for j, xv in enumerate(x_override or []):
-            ops[j] = xv.astype(jnp.result_type(ops[j]))
-            axes[j] = 0
-        axes[pos] = None
-
-        def f(pv):
-            def one(*o):
-                o = list(o)
-                o[pos] = pv
-                return executor.bind_etp(g, idx, o)
-            return jax.vmap(one, in_axes=axes, axis_size=n)(*ops)
-
-        _, pull = jax.vjp(f, ops[pos])
-        return pull(cotangent.astype(executor.output_aval(g, idx).dtype))[0]
-
-    def expand(self, rel: Relation, operands, v):
-        """Broadcast a per-position array of the relation's group to its parameter's shape."""
-        x, params, aux = rel.call.unflatten(list(operands))
-        return rel.call.out_to_param(rel.param, v, {k: _mantissa(p) for k, p in params.items()}, aux)
 
     def probe_signals(self) -> StepSignals:
         """`StepSignals` of one sample at the current state and the example inputs."""
@@ -275,11 +232,11 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
         leaves = jax.tree.leaves((params, hidden, others, self._example_sample))
         n_p, n_h = g.n_param_leaves, g.n_hidden
         rec = g.run(leaves, record=sorted(g.etp_eqns))[3]
-        return self._signals(leaves[:n_p], leaves[n_p:n_p + n_h], leaves[n_p + n_h:], rec)
+        return self.step_signals(leaves[:n_p], leaves[n_p:n_p + n_h], leaves[n_p + n_h:], rec)
 
     # -- per-sample pieces ---------------------------------------------------------------------
 
-    def _signals(self, p_leaves, h_leaves, tail, rec) -> StepSignals:
+    def step_signals(self, p_leaves, h_leaves, tail, rec) -> StepSignals:
         """``D`` and ``Df`` by JVPs of the step linearised with ETP inputs cut."""
         g = self.graph
         zeros_y = {i: jnp.zeros(a.shape, a.dtype) for i, a in g.etp_out_avals.items()}
@@ -328,10 +285,10 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
             h, o, tr, _ = carry
             tail = list(o) + list(a_leaves)
             outs, hn, on, rec = g.run(list(p_leaves) + list(h) + tail, record=etp_ids)
-            sig = self._signals(p_leaves, h, tail, rec)
+            sig = self.step_signals(p_leaves, h, tail, rec)
             count = tr["count"]
-            new_rel = [self.advance_relation(r, self._kinds[i], tr["rel"][i], sig, count)
-                       for i, r in enumerate(g.relations)]
+            new_rel = [ops.store(rule.advance(ops, ops.load(trace), sig.of(ops.rel), count))
+                       for rule, ops, trace in zip(self._rules, self._ops, tr["rel"])]
             tr2 = {"rel": new_rel, "count": jnp.minimum(count + 1.0, 1e30)}
             shared, per = split(rec)
             return (list(hn), list(on), tr2, shared), (outs, per)
@@ -355,45 +312,60 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
 
     # -- the window function (batch level, custom VJP) ----------------------------------------
 
-    def _make_window(self):
+    #: ``out_axes`` over the batch of what the per-sample forward returns besides outputs, states
+    #: and traces (the recorded operands: shared ones, then per-sample ones)
+    window_residual_axes = (None, 0)
+
+    def other_axes(self) -> list:
         mf = self.graph.mf
-        oax = [0 if b else None for st, b in zip(mf.other_states, mf.batched_other)
-               for _ in jax.tree.leaves(st.value)]
-        batched = self.batch_size is not None
+        return [0 if b else None for st, b in zip(mf.other_states, mf.batched_other)
+                for _ in jax.tree.leaves(st.value)]
 
-        def fwd_impl(p, h, o, tr, a):
-            if not batched:
-                return self._sample_window_fwd(p, h, o, tr, a)
-            f = jax.vmap(lambda hh, oo, tt, aa: self._sample_window_fwd(p, hh, oo, tt, aa),
-                         in_axes=(0, oax, 0, 1), out_axes=(1, 0, oax, 0, (None, 0)))
-            return f(h, o, tr, a)
+    def window_forward(self, p, h, o, tr, a):
+        """`_sample_window_fwd` over the batch: ``(outs, h', o', traces', residuals)``."""
+        if self.batch_size is None:
+            return self._sample_window_fwd(p, h, o, tr, a)
+        oax = self.other_axes()
+        f = jax.vmap(lambda hh, oo, tt, aa: self._sample_window_fwd(p, hh, oo, tt, aa),
+                     in_axes=(0, oax, 0, 1), out_axes=(1, 0, oax, 0, self.window_residual_axes))
+        return f(h, o, tr, a)
 
-        def plain(hh, pl, o, a):
-            if not batched:
-                return self._sample_window_plain(pl, hh, o, a)
-            return jax.vmap(lambda h1, o1, a1: self._sample_window_plain(pl, h1, o1, a1),
-                            in_axes=(0, oax, 1), out_axes=1)(hh, o, a)
+    def window_outputs(self, h, p, o, a):
+        """The window's outputs from its initial state (no traces), over the batch."""
+        if self.batch_size is None:
+            return self._sample_window_plain(p, h, o, a)
+        return jax.vmap(lambda h1, o1, a1: self._sample_window_plain(p, h1, o1, a1),
+                        in_axes=(0, self.other_axes(), 1), out_axes=1)(h, o, a)
 
-        def window_bwd(res, cts):
-            p, h, o, tr, a, (shared, per) = res
-            # exact reverse mode inside the window, h^{t0} fixed; grads summed over the batch
-            _, pull = jax.vjp(lambda hh, pl: plain(hh, pl, o, a), list(h), self.backward_params(list(p)))
-            delta, grads = pull(cts[0])
-            grads = list(grads)
-            g = self.graph
-            count = tr["count"][0] if batched else tr["count"]
-            for i, rel in enumerate(g.relations):
-                ops = [sv if pv is None else pv for sv, pv in zip(shared[rel.eqn_index], per[rel.eqn_index])]
-                members = g.groups[rel.group].members
-                hist = self.relation_history(rel, self._kinds[i], tr["rel"][i], [delta[m] for m in members],
-                                             ops, count)
-                grads[rel.leaf] = grads[rel.leaf] + hist.astype(grads[rel.leaf].dtype)
-            return grads
+    def window_reverse(self, res, cts):
+        """Exact reverse mode inside the window with ``h^{t0}`` held fixed: the learning signal
+        ``delta = dL/dh^{t0}`` and every parameter's gradient through the window (batch summed)."""
+        p, h, o, _, a, _ = res
+        _, pull = jax.vjp(lambda hh, pl: self.window_outputs(hh, pl, o, a), list(h),
+                          self.backward_params(list(p)))
+        delta, grads = pull(cts[0])
+        return delta, list(grads)
 
-        return online_custom_vjp(fwd_impl, window_bwd)
+    def window_history(self, res, delta, grads: list) -> list:
+        """``grads`` plus each relation's history term ``delta . e^{t0}`` (`TraceRule.history`)."""
+        _, _, _, tr, _, (shared, per) = res
+        g = self.graph
+        count = tr["count"][0] if self.batch_size is not None else tr["count"]
+        for i, rel in enumerate(g.relations):
+            ops = [sv if pv is None else pv for sv, pv in zip(shared[rel.eqn_index], per[rel.eqn_index])]
+            members = g.groups[rel.group].members
+            hist = self.relation_history(i, tr["rel"][i], [delta[m] for m in members], ops, count)
+            grads[rel.leaf] = grads[rel.leaf] + hist.astype(grads[rel.leaf].dtype)
+        return grads
+
+    def _make_window(self):
+        """The window as one custom-VJP function (`online_custom_vjp`): forward `window_forward`,
+        backward `window_reverse` then `window_history`."""
+        return online_custom_vjp(self.window_forward, lambda res, cts: self.window_history(
+            res, *self.window_reverse(res, cts)))
 
     def _split(self, params, hidden, others):
-        p_leaves = jax.tree.leaves(self._param_tuple(params))
+        p_leaves = jax.tree.leaves(self.param_tuple(params))
         h_leaves = jax.tree.leaves(hidden)
         o_leaves, o_tree = jax.tree.flatten(others)
         return p_leaves, h_leaves, o_leaves
@@ -430,16 +402,32 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
         return {mf.name(s): s for s in mf.param_states}
 
     def set_params(self, values: dict) -> None:
+        """Write ``{name: value}`` (as `params` gives) into the model's parameters; every name is needed and every
+        value keeps its shape (`ArgumentError` naming the parameter otherwise)."""
+        self._require_graph()
         mf = self.graph.mf
-        for s in mf.param_states:
-            s.value = values[mf.name(s)]
+        names = [mf.name(s) for s in mf.param_states]
+        if not hasattr(values, "keys"):
+            raise ArgumentError(f"set_params takes a dict {{name: value}} as params() gives, got {type(values).__name__}")
+        missing, unknown = [n for n in names if n not in values], sorted(set(values) - set(names))
+        if missing or unknown:
+            raise ArgumentError(f"set_params: missing parameters {missing}, unknown {unknown}; expected exactly the "
+                                f"names of params(): {names}")
+        is_q = lambda a: isinstance(a, u.Quantity)
+        for s, n in zip(mf.param_states, names):
+            got = jax.tree.map(np.shape, values[n], is_leaf=is_q)
+            want = jax.tree.map(np.shape, s.value, is_leaf=is_q)
+            if got != want:
+                raise ArgumentError(f"set_params: '{n}' has shape {got}, expected {want} (the parameter's shape)")
+        for s, n in zip(mf.param_states, names):
+            s.value = values[n]
 
-    def _param_tuple(self, params: dict) -> tuple:
+    def param_tuple(self, params: dict) -> tuple:
         """Parameter values in the compiled order (the graph's flat-operand order)."""
         return tuple(params[n] for n in self.graph.mf.param_names)
 
     def _grads_to_dict(self, grad_leaves, params):
-        values = self._param_tuple(params)
+        values = self.param_tuple(params)
         tup = jax.tree.unflatten(jax.tree.structure(values), list(grad_leaves))
         return dict(zip(self.graph.mf.param_names, tup))
 
@@ -451,8 +439,24 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
             if len(lengths) > 1 or None in lengths:
                 raise ArgumentError(f"{type(self).__name__}: the input sequences need one leading time length, got "
                                     f"leaves of lengths {lengths} (shapes {[tuple(np.shape(x)) for x in leaves]})")
+            if lengths == [0]:
+                raise ArgumentError(f"{type(self).__name__}: the input sequences have length 0 (shapes "
+                                    f"{[tuple(np.shape(x)) for x in leaves]}); give at least one time step")
         if tree != self._arg_tree:
-            raise OperandError(f"{type(self).__name__}: inputs have structure {tree}, compiled for {self._arg_tree}")
+            is_q = lambda a: isinstance(a, u.Quantity)
+            want_q = jax.tree.leaves(self._example_sample, is_leaf=is_q)
+            got_q = jax.tree.leaves(args, is_leaf=is_q)
+            if len(want_q) == len(got_q):
+                for i, (g, w) in enumerate(zip(got_q, want_q)):
+                    if u.get_unit(g) != u.get_unit(w):
+                        unit = lambda a: f"unit {u.get_unit(a)}" if is_q(a) else "no unit (a plain array)"
+                        raise OperandError(
+                            f"{type(self).__name__}: input {i} has {unit(g)}; compiled for an input with {unit(w)}. "
+                            f"Give the input in the unit it was compiled with, or recompile with etprop.compile(...) "
+                            f"on an input of that unit")
+            raise OperandError(f"{type(self).__name__}: inputs have structure {tree}, compiled for {self._arg_tree}; "
+                               f"pass the inputs of one step as at compile time (the same number of arrays, the "
+                               f"same nesting)")
         for i, (leaf, want, want_dt) in enumerate(zip(leaves, self._arg_shapes, self._arg_dtypes)):
             got_dt = jnp.result_type(u.get_mantissa(leaf))
             if got_dt != want_dt:
@@ -476,6 +480,9 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
         gradient, e.g. ``brainstate.transform.grad(loss, learner.param_states())``.
         """
         self._require_graph()
+        captured = step_fn_fast.intercept(self, inputs)  # braintrace's step_fn on the fast path
+        if captured is not step_fn_fast.NOT_CAPTURED:
+            return captured
         multi = isinstance(inputs, MultiStepData)
         args = as_args(inputs, multi=multi)
         self._check_args(args, multi)
@@ -497,6 +504,15 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
         self._require_graph()
         args = as_args(inputs, multi=False)
         self._check_args(args, False)
+        if loss_fn is not None and not callable(loss_fn):
+            raise ArgumentError(f"step: 'loss_fn' must be a function loss_fn(out, target) -> scalar for one sample, "
+                                f"got {loss_fn!r}")
+        if target is not None and self.batch_size is not None:
+            for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+                if np.shape(leaf)[:1] != (self.batch_size,):
+                    raise ArgumentError(f"step: the target{jax.tree_util.keystr(path)} has shape {np.shape(leaf)}; "
+                                        f"with batch_size={self.batch_size} every target leaf needs a leading batch "
+                                        f"axis of that size")
         seq = jax.tree.map(lambda a: jnp.expand_dims(a, 0), args)
         ys = None if target is None else jax.tree.map(lambda a: jnp.expand_dims(a, 0), target)
         grads, losses, out = self._run_sequence(seq, ys, loss_fn, None, window=1, return_out=True, where="step")

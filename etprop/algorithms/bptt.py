@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from etprop.algorithms.base import OnlineAlgorithm
+from etprop.algorithms.traces import NoTrace
 from etprop.errors import NotSupportedError
 
 __all__ = ["BPTT"]
@@ -24,27 +28,21 @@ class BPTT(OnlineAlgorithm):
     default_window = None  # the whole sequence
     default_chunk = 0  # no per-step mode
 
+    def trace_rule(self, rel):
+        return NoTrace()
+
     def relation_kind(self, rel):
         return "none"
 
     def _init_sample_traces(self):
         return {"rel": [], "count": jnp.zeros((), jnp.float32)}
 
-    def _signals(self, p_leaves, h_leaves, tail, rec):
+    def step_signals(self, p_leaves, h_leaves, tail, rec):
         return None  # no traces to advance
-
-    def advance_relation(self, rel, kind, trace, sig, count):
-        return trace
-
-    def relation_history(self, rel, kind, trace, delta, operands, count):
-        raise AssertionError("BPTT has no relations")
-
-    def init_relation_trace(self, rel, kind):
-        return []
 
     def compile_graph(self, *example_inputs, batch_size=None):
         super().compile_graph(*example_inputs, batch_size=batch_size)
-        self._kinds = {}
+        self._kinds, self._rules, self._ops = {}, [], []
         self.graph = _without_relations(self.graph)
         self._window_fn = self._make_window()
         self.reset_traces()
@@ -79,19 +77,20 @@ class BPTT(OnlineAlgorithm):
         if step_fn is not None or braintrace_keywords:
             raise NotSupportedError("BPTT takes etprop's convention etrace_grad(xs, ys, step_loss): a step_fn that "
                                     "calls the learner one step at a time would cut the gradient at every step")
-        T = jax.tree.leaves(xs.data if hasattr(xs, "data") else xs)[0].shape[0]
-        return super().etrace_grad(xs, ys, step_loss, mask=mask, window=window or T, return_losses=return_losses,
-                                   reduction=reduction)
+        leaves = jax.tree.leaves(xs.data if hasattr(xs, "data") else xs)
+        # the whole sequence; bad inputs (none, no time axis) are named by the shared driver's checks
+        T = np.shape(leaves[0])[0] if leaves and np.ndim(leaves[0]) else 1
+        return super().etrace_grad(xs, ys, step_loss, mask=mask, window=window or max(T, 1),
+                                   return_losses=return_losses, reduction=reduction)
 
     def forward_step(self, params, hidden, others, args):
         """The plain model step for one sample (used for the forward-only floor)."""
         g = self.graph
-        leaves = jax.tree.leaves((self._param_tuple(params), hidden, others, args))
+        leaves = jax.tree.leaves((self.param_tuple(params), hidden, others, args))
         outs, hn, on, _ = g.run(leaves)
         h2, o2 = jax.tree.unflatten(jax.tree.structure((hidden, others)), list(hn) + list(on))
         return g.unflatten_out(outs), h2, o2
 
 
 def _without_relations(graph):
-    import dataclasses
     return dataclasses.replace(graph, relations=())

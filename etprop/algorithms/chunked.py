@@ -14,7 +14,9 @@ Each ``sum_j pullback(u_j)(.)`` over the chunk (and the batch) is one pullback o
 the operator vmapped over steps: for `matmul` one ``(I x K)(K x O)`` product.
 The direct terms of all ``K`` steps come from one reverse pass vmapped over the
 steps. Factorised (``io``) traces are advanced per step (they are small) and their
-history terms are batched over the chunk the same way.
+history terms are batched over the chunk the same way. The closed forms belong to the rules
+(``chunk_record`` / ``chunk_end`` / ``chunk_history`` of `etprop.algorithms.traces`); this
+module is the driver around them.
 """
 
 from __future__ import annotations
@@ -22,25 +24,23 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from etprop.algorithms.vjp import online_custom_vjp, sum_terms
+from etprop.algorithms.vjp import online_custom_vjp
+from etprop.errors import NotSupportedError
 from etprop.graph import executor
 
 __all__ = ["make_chunk"]
 
 
-def _flat2(tree):
-    """Merge the two leading axes (chunk, batch) into one."""
-    return jax.tree.map(lambda a: a if a is None else a.reshape((-1,) + a.shape[2:]), tree)
-
-
 def make_chunk(algo):
     """A custom-VJP ``chunk(p, h, o, tr, a) -> (outs, h', o', tr')`` with per-step semantics."""
     g = algo.graph
-    mf = g.mf
     batched = algo.batch_size is not None
-    oax = [0 if b else None for st, b in zip(mf.other_states, mf.batched_other) for _ in jax.tree.leaves(st.value)]
+    oax = algo.other_axes()
     rels = g.relations
-    kinds = [algo._kinds[i] for i in range(len(rels))]
+    rules, rops = algo.rules(), algo.relation_ops()
+    if not all(r.has_closed_form for r in rules):
+        raise NotSupportedError(f"{type(algo).__name__}: its traces have no closed form over a chunk of steps; "
+                                f"set closed_form_chunk=None and default_chunk = 0 (per-step mode)")
     rel_eqns = sorted({r.eqn_index for r in rels})
     etp_ids = sorted(g.etp_eqns)
     ps = g.etp_operand_per_sample
@@ -50,14 +50,12 @@ def make_chunk(algo):
             hh, oo, trs, count, _ = carry
             tail = list(oo) + list(a)
             outs, hn, on, rec = g.run(list(p) + list(hh) + tail, record=etp_ids)
-            sig = algo._signals(p, hh, tail, rec)
-            new, recs = list(trs), []
-            for i, rel in enumerate(rels):
-                if kinds[i] == "io":
-                    recs.append(algo.io_snapshot(rel, trs[i], count))
-                    new[i] = algo.advance_relation(rel, "io", trs[i], sig, count)
-                else:
-                    recs.append((sig.D[rel.group], sig.Df[rel.eqn_index][rel.group]))
+            sig = algo.step_signals(p, hh, tail, rec)
+            new, recs = [], []
+            for rule, ops, trace in zip(rules, rops, trs):
+                nt, r = rule.chunk_record(ops, ops.load(trace), sig.of(ops.rel), count)
+                new.append(ops.store(nt))
+                recs.append(r)
             shared = {i: [None if ps[i][j] else v for j, v in enumerate(rec[i])] for i in rel_eqns}
             per = {i: [v if ps[i][j] else None for j, v in enumerate(rec[i])] for i in rel_eqns}
             return (list(hn), list(on), new, count + 1.0, shared), (outs, list(hh), list(oo), recs, per)
@@ -67,12 +65,9 @@ def make_chunk(algo):
         (hK, oK, trs, count, shared), (outs, hs, os, recs, per) = jax.lax.scan(body, init, a_seq)
         new_rel = []
         for i, rel in enumerate(rels):
-            if kinds[i] == "io":
-                new_rel.append(trs[i])
-                continue
-            D, Df = recs[i]
             ops = [sv if pv is None else pv for sv, pv in zip(shared[rel.eqn_index], per[rel.eqn_index])]
-            new_rel.append(_param_chunk_end(algo, rel, tr["rel"][i], D, Df, ops))
+            ro = rops[i]
+            new_rel.append(ro.store(rules[i].chunk_end(ro, ro.load(tr["rel"][i]), ro.load(trs[i]), recs[i], ops)))
         new_tr = {"rel": new_rel, "count": jnp.minimum(count, 1e30)}
         return outs, hK, oK, new_tr, (hs, os, recs, shared, per)
 
@@ -109,62 +104,8 @@ def make_chunk(algo):
             ops = [sv if pv is None else pv for sv, pv in zip(shared[rel.eqn_index], per[rel.eqn_index])]
             flat_ops = [sv if pv is None else pv.reshape((n,) + pv.shape[2:]) if batched else pv
                         for sv, pv in zip(shared[rel.eqn_index], per[rel.eqn_index])]
-            if kinds[i] == "io":
-                hist = _io_chunk_history(algo, rel, recs[i], d, flat_ops, n, batched)
-            else:
-                hist = _param_chunk_history(algo, rel, tr["rel"][i], recs[i], d, ops, flat_ops, n, batched)
+            hist = rules[i].chunk_history(rops[i], rops[i].load(tr["rel"][i]), recs[i], d, ops, flat_ops, n, batched)
             grads[rel.leaf] = grads[rel.leaf] + hist.astype(grads[rel.leaf].dtype)
         return grads
 
     return online_custom_vjp(fwd_impl, chunk_bwd)
-
-
-def _matmul_rows(M, D, S):
-    """(M D)[a][s] = sum_r M[a][r] D[r][s], per position, written out term by term."""
-    return [[sum_terms([M[a][r] * D[r][s] for r in range(S)]) for s in range(S)] for a in range(S)]
-
-
-def _param_chunk_end(algo, rel, e0, D, Df, ops):
-    """Per sample: the per-parameter trace at the chunk end, in closed form."""
-    S = len(Df)
-    K = Df[0].shape[0]
-    one, zero = jnp.ones_like(Df[0][0]), jnp.zeros_like(Df[0][0])
-    eye = [[one if a == s else zero for s in range(S)] for a in range(S)]
-
-    def rev(M, Dk):
-        return _matmul_rows(M, Dk, S), M
-
-    P, Q = jax.lax.scan(rev, eye, D, reverse=True)  # Q[a][s]: (K, P) ; P: products of all D
-    gsum = [sum_terms([Q[a][s] * Df[s] for s in range(S)]) for a in range(S)]
-    ex = lambda v: algo.expand(rel, ops, v)
-    return [sum_terms([ex(P[a][s]) * e0[s] for s in range(S)]) + algo.param_vjp_over(rel, ops, gsum[a], K)
-            for a in range(S)]
-
-
-def _param_chunk_history(algo, rel, e0, rec, delta, ops, flat_ops, n, batched):
-    D, Df = rec
-    S = len(Df)
-
-    def rev(c, inp):
-        dj, Dj = inp
-        c_next = c  # c_{j+1}
-        cDj = [sum_terms([c[a] * Dj[a][s] for a in range(S)]) for s in range(S)]
-        return [dj[s] + cDj[s] for s in range(S)], c_next
-
-    c0 = [jnp.zeros_like(x[0]) for x in delta]
-    c_first, c_shift = jax.lax.scan(rev, c0, (delta, D), reverse=True)
-    start = algo.bsum_products(rel, ops, c_first, e0)
-    cot = sum_terms([c_shift[a] * Df[a] for a in range(S)])
-    if batched:
-        cot = cot.reshape((n,) + cot.shape[2:])
-    return start + algo.param_vjp_over(rel, flat_ops, cot, n)
-
-
-def _io_chunk_history(algo, rel, rec, delta, flat_ops, n, batched):
-    ex_hat, ef = rec
-    S = len(ef)
-    c = sum_terms([delta[a] * ef[a] for a in range(S)])
-    flat = (lambda x: x.reshape((n,) + x.shape[2:])) if batched else (lambda x: x)
-    if rel.n_x == 0:
-        return algo.param_vjp_over(rel, flat_ops, flat(c), n)
-    return algo.param_vjp_over(rel, flat_ops, flat(c), n, x_override=[flat(ex_hat)])

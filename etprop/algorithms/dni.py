@@ -199,10 +199,6 @@ class DNI(D_RTRL):
 
     # -- the window ----------------------------------------------------------------------------
 
-    def _oax(self):
-        mf = self.graph.mf
-        return [0 if b else None for st, b in zip(mf.other_states, mf.batched_other) for _ in jax.tree.leaves(st.value)]
-
     def _exit_fn(self, h, p, o, a):
         """The window's outputs (time leading) and exit hidden state; no traces."""
         def body(carry, a_leaves):
@@ -215,7 +211,7 @@ class DNI(D_RTRL):
 
         if self.batch_size is None:
             return sample(h, o, a)
-        return jax.vmap(sample, in_axes=(0, self._oax(), 1), out_axes=(1, 0))(h, o, a)
+        return jax.vmap(sample, in_axes=(0, self.other_axes(), 1), out_axes=(1, 0))(h, o, a)
 
     def _add_history(self, grads, tr, delta, rec):
         """The traced parameters' history term ``delta . e^{a_k}``, as the base window adds it."""
@@ -224,12 +220,12 @@ class DNI(D_RTRL):
         for i, rel in enumerate(g.relations):
             ops = [s if p is None else p for s, p in zip(shared[rel.eqn_index], per[rel.eqn_index])]
             d = [delta[m] for m in g.groups[rel.group].members]
-            hist = self.relation_history(rel, self._kinds[i], tr["rel"][i], d, ops, count)
+            hist = self.relation_history(i, tr["rel"][i], d, ops, count)
             grads[rel.leaf] = grads[rel.leaf] + hist.astype(grads[rel.leaf].dtype)
         return grads
 
     def _make_window(self):
-        oax, batched = self._oax(), self.batch_size is not None
+        oax, batched = self.other_axes(), self.batch_size is not None
 
         def fwd_impl(p, h, o, tr_sv, a):
             tr, sv = tr_sv

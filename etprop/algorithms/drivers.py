@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import brainstate
 import brainunit as u
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from etprop.algorithms import finite
-from etprop.algorithms.sequence import REDUCTIONS, check_chunk_size, step_fn_evolve, step_fn_grad
+from etprop.algorithms import step_fn_fast as fast_path
+from etprop.algorithms.sequence import (LOSS_OUTPUTS, REDUCTIONS, check_chunk_size, check_mask, check_targets,
+                                        finish_step_fn_grad, sequence_length, step_fn_evolve, step_fn_grad)
 from etprop.errors import ArgumentError, NotSupportedError, NumericalError
 from etprop.fncache import split as split_fn
 from etprop.input_data import MultiStepData, SingleStepData
@@ -39,6 +42,9 @@ class SequenceDrivers:
     #: is materialised. ``etprop.compile(..., check_finite=False)`` or ``learner.check_finite =
     #: False`` turns it off (nothing is traced; retrace your own jitted functions after changing it).
     check_finite = True
+    #: how the last ``etrace_grad(..., step_fn=...)`` ran: ``'fast: ...'`` (etprop's driver with
+    #: closed-form chunks) or ``'per-step: <why not>'`` (`etprop.algorithms.step_fn_fast`)
+    step_fn_path = None
 
     def etrace_grad(self, *sequences, step_fn: Callable | None = None, mask=None, chunk_size: int | None = None,
                     weights=None, reduction: str | None = None, loss_output: str = "per_step",
@@ -81,9 +87,13 @@ class SequenceDrivers:
                 raise ArgumentError(f"etrace_grad(..., step_fn=...) is braintrace's convention; {bad} belong to "
                                     f"etprop's etrace_grad(xs, ys, step_loss): use chunk_size= for windows and "
                                     f"return_value=True for the losses")
+            reduction = "mean" if reduction is None else reduction
+            fast = self._step_fn_fast(sequences, step_fn, mask, chunk_size, weights, reduction, loss_output,
+                                      has_aux, return_value)
+            if fast is not None:
+                return fast
             return step_fn_grad(self.model, self._jit_cache, self.check_finite, sequences, step_fn, mask=mask,
-                                chunk_size=chunk_size, weights=weights,
-                                reduction="mean" if reduction is None else reduction, loss_output=loss_output,
+                                chunk_size=chunk_size, weights=weights, reduction=reduction, loss_output=loss_output,
                                 has_aux=has_aux, return_value=return_value)
         from_braintrace = {"weights": weights is not None, "has_aux": has_aux, "return_value": return_value,
                            "loss_output": loss_output != "per_step"}
@@ -109,6 +119,8 @@ class SequenceDrivers:
             raise ArgumentError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         args = as_args(xs, multi=True)
         self._check_args(args, True)
+        _check_step_loss(step_loss, "etrace_grad(xs, ys, step_loss)")
+        mask = None if mask is None else check_mask(mask, jax.tree.leaves(args)[0].shape[0])
         grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, chunk_size=closed_form_chunk,
                                            where="etrace_grad")
         if reduction == "mean":
@@ -161,13 +173,18 @@ class SequenceDrivers:
         n_res = 6 if return_out else 5  # a trailing finite-check summary is dropped (and DCE'd under jit)
 
         def fn(params, hidden, others, traces, xs, ys, mask):
-            res = scan(params, hidden, others, traces, as_args(xs, multi=True), ys, mask)
+            args = as_args(xs, multi=True)
+            self._check_args(args, True)  # static shapes: also under the caller's jit
+            T = jax.tree.leaves(args)[0].shape[0]
+            check_targets(ys, T)
+            mask = check_mask(mask, T)
+            res = scan(params, hidden, others, traces, args, ys, mask, None)
             return (self._grads_to_dict(res[0], params),) + tuple(res[1:n_res])
 
         return fn
 
     def _run_sequence(self, args, ys, step_loss, mask, *, window, chunk_size=None, return_out=False,
-                      where: str = "etrace_grad"):
+                      where: str = "etrace_grad", modulator=None):
         T = jax.tree.leaves(args)[0].shape[0]
         for path, leaf in jax.tree_util.tree_flatten_with_path(ys)[0]:
             if np.shape(leaf)[:1] != (T,):
@@ -193,7 +210,7 @@ class SequenceDrivers:
         params = dict(zip(mf.param_names, params))
         check = self.check_finite
         fn = self._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
-        start = (params, hidden, others, self.etrace.value, args, ys, mask)
+        start = (params, hidden, others, self.etrace.value, args, ys, mask, modulator)
         res = fn(*start)
         acc, losses, hidden, others, traces = res[:5]
         mf.write(hidden, others)
@@ -211,7 +228,7 @@ class SequenceDrivers:
                 + [("output", ""), ("loss", "")] + [("grad", n) for n in self.graph.param_leaf_names])
 
     def _scan_row(self, args, p_flags, hidden, traces, out, losses, grads):
-        parts = [t for _, t in finite._trace_parts(self, traces)]
+        parts = [t for _, t in finite.trace_parts(self, traces)]
         return jnp.concatenate([finite.flags(list(args)), p_flags, finite.flags(list(hidden) + parts),
                                 finite.flags([out, losses] + list(grads))])
 
@@ -272,6 +289,55 @@ class SequenceDrivers:
                 raise NumericalError(f"{where}: the gradient of '{name}' is NaN or inf while the forward pass is "
                                      f"finite; check surrogate gradients and weight transforms")
 
+    def _step_fn_fast(self, sequences, step_fn, mask, chunk_size, weights, reduction, loss_output, has_aux,
+                      return_value):
+        """braintrace's ``etrace_grad(*sequences, step_fn=f)`` through etprop's own driver (closed-form
+        chunks), when `etprop.algorithms.step_fn_fast.probe` finds ``f`` of the form ``loss(learner(x),
+        slices)``; None (and `step_fn_path` says why) when it is not, or for windows or aux outputs."""
+        if not callable(step_fn) or reduction not in REDUCTIONS or loss_output not in LOSS_OUTPUTS:
+            return None  # the per-step path names the bad argument
+        if check_chunk_size(chunk_size) is not None or has_aux:
+            self.step_fn_path = "per-step: chunk_size windows or has_aux keep braintrace's own loop"
+            return None
+        T = sequence_length(sequences)
+        mask = check_mask(mask, T)
+        weights = self.model.states(brainstate.ParamState) if weights is None else weights
+        fkey, captured, rebuild = split_fn(step_fn)
+        # what the probe finds depends on the step function's code and static values only
+        probe_key = ("step_fn_probe", fkey, tuple(id(st) for st in weights.values()))
+        why = self._jit_cache.get(probe_key, False)
+        if why is False:
+            why = self._jit_cache[probe_key] = fast_path.probe(self, sequences, step_fn, weights)
+        if why is not None:
+            self.step_fn_path = f"per-step: {why}"
+            return None
+        self.step_fn_path = "fast: etprop's driver with closed-form chunks"
+        key = ("step_fn_inputs", fkey)
+        inputs = self._jit_cache.get(key)
+        if inputs is None:
+            def inputs_of(seqs, arrays):
+                f = rebuild(arrays)
+                return jax.vmap(lambda *s: as_args(fast_path.learner_inputs(self, f, s), multi=False))(*seqs)
+
+            inputs = self._jit_cache[key] = jax.jit(inputs_of)
+        args = inputs(tuple(sequences), captured)
+        self._check_args(args, True)
+        mf = self.graph.mf
+        _, hidden0, others0 = mf.values()
+        traces0 = self.etrace.value
+        try:
+            grads, losses = self._run_sequence(args, tuple(sequences), fast_path.step_loss_of(self, step_fn), mask,
+                                               window=1, where="etrace_grad")
+        except NumericalError:
+            # something is NaN/inf: back to where the call started, and let the per-step path name it in
+            # this convention's terms (which sequence, which step)
+            mf.write(hidden0, others0)
+            self.etrace.value = traces0
+            return None
+        names = {id(st): n for n, st in self.param_states().items()}
+        total = {k: grads[names[id(st)]] for k, st in weights.items()}
+        return finish_step_fn_grad(total, losses, None, mask, reduction, loss_output, has_aux, return_value)
+
     def _window_losses(self, step_loss, out, ys, mask):
         """``mask_t * mean_b step_loss(out_tb, y_tb)`` for each step of a window."""
         if step_loss is None:
@@ -279,6 +345,10 @@ class SequenceDrivers:
         batched = self.batch_size is not None
         per = jax.vmap(jax.vmap(step_loss)) if batched else jax.vmap(step_loss)
         vals = _mantissa(per(out, ys))
+        if jnp.shape(vals) != jnp.shape(mask) + ((self.batch_size,) if batched else ()):  # static: at trace time
+            raise ArgumentError(f"step_loss(out, target) must return a scalar for one sample at one step, got shape "
+                                f"{jnp.shape(vals)[1 + batched:]}; reduce over the features inside it (e.g. "
+                                f"jnp.sum((out - y) ** 2))")
         return mask * (jnp.mean(vals, axis=1) if batched else vals)
 
     def train_online(self, xs, ys, step_loss: Callable, optimizer, opt_state=None, *, mask=None):
@@ -298,8 +368,17 @@ class SequenceDrivers:
         self._require_graph()
         args = as_args(xs, multi=True)
         self._check_args(args, True)
+        _check_step_loss(step_loss, "train_online(xs, ys, step_loss, optimizer)", required=True)
+        return self._train_online(args, ys, step_loss, optimizer, opt_state, mask, None)
+
+    def _train_online(self, args, ys, step_loss, optimizer, opt_state, mask, modulator):
+        """The per-step optimiser loop of every trace learner (``modulator``: three-factor's input)."""
         T = jax.tree.leaves(args)[0].shape[0]
-        mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
+        check_targets(ys, T)
+        mask = check_mask(mask, T)
+        if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+            raise ArgumentError(f"train_online: 'optimizer' must be an optax GradientTransformation (with init and "
+                                f"update), e.g. optax.adam(1e-3); got {optimizer!r}")
         params = self.params()
         if opt_state is None:
             opt_state = optimizer.init(params)
@@ -307,35 +386,30 @@ class SequenceDrivers:
         key = ("online", step_loss, optimizer, check)
         fn = self._jit_cache.get(key)
         if fn is None:
-            def run(params, opt_state, hidden, others, traces, args, ys, mask):
+            def run(params, opt_state, hidden, others, traces, args, ys, mask, mods):
                 def body(carry, inp):
                     p, st, h, o, tr = carry
-                    a, y, m = jax.tree.map(lambda v: v[None], inp)
-
-                    def loss_of(pp):
-                        out, h2, o2, tr2 = self.run_window(pp, h, o, tr, a)
-                        ls = self._window_losses(step_loss, out, y, m)
-                        return jnp.sum(ls), (ls, out, h2, o2, tr2)
-
-                    (loss, (ls, out, h2, o2, tr2)), g = jax.value_and_grad(loss_of, has_aux=True)(p)
+                    a, y, m, mod = jax.tree.map(lambda v: v[None], inp)
+                    p_leaves, p_tree = jax.tree.flatten(self.param_tuple(p))
+                    (ls, out, h2, o2, tr2), g_leaves = self.window_grads(p_leaves, p_tree, h, o, tr, a, y, m, mod,
+                                                                         step_loss, "window")
                     row = None
                     if check:  # the parameters this step used, and what it computed from them
-                        p_leaves = jax.tree.leaves(self._param_tuple(p))
-                        g_leaves = jax.tree.leaves(self._param_tuple(g))
                         row = self._scan_row(a, finite.flags(p_leaves), h2, tr2, out, ls, g_leaves)
-                    updates, st = optimizer.update(g, st, p)
+                    updates, st = optimizer.update(self._grads_to_dict(g_leaves, p), st, p)
                     p = jax.tree.map(lambda a_, b_: a_ + b_, p, updates)
-                    return (p, st, h2, o2, tr2), (loss, row)
+                    return (p, st, h2, o2, tr2), (jnp.sum(ls), row)
 
                 carry, (losses, rows) = jax.lax.scan(body, (params, opt_state, hidden, others, traces),
-                                                     (args, ys, mask))
+                                                     (args, ys, mask, mods))
                 return carry, losses, (finite.summarise(rows) if check else None)
 
             fn = self._jit_cache[key] = jax.jit(run)
         mf = self.graph.mf
         _, hidden, others = mf.values()
         (params, opt_state, hidden, others, traces), losses, summary = fn(params, opt_state, hidden, others,
-                                                                          self.etrace.value, args, ys, mask)
+                                                                          self.etrace.value, args, ys, mask,
+                                                                          modulator)
         self.set_params(params)
         mf.write(hidden, others)
         self.etrace.value = traces
@@ -344,9 +418,32 @@ class SequenceDrivers:
             finite.raise_host("train_online", items, summary)
         return opt_state, losses
 
+    def window_grads(self, p_leaves, p_tree, hidden, others, traces, a, y, mask, modulator, step_loss, mode):
+        """One window of the drivers: ``((losses, out, hidden', others', traces'), grad leaves)``.
+
+        The online gradient of ``sum_t mask_t mean_b step_loss`` over the window (``a``, ``y``,
+        ``mask`` time leading), by reverse mode through the window function (`run_window`).
+        Learners whose gradient is not a loss's (three-factor) override it; ``modulator`` (time
+        leading, or None) is their per-step input.
+        """
+        names = self.graph.mf.param_names
+        batch_level = isinstance(step_loss, fast_path.BatchLevel)
+
+        def loss_of(pl):
+            pd = dict(zip(names, jax.tree.unflatten(p_tree, pl)))
+            out, h2, o2, tr2 = self.run_window(pd, hidden, others, traces, a, mode=mode)
+            if batch_level:  # braintrace's convention reports the raw losses, the mask weighs the objective
+                raw = _mantissa(jax.vmap(step_loss.fn)(out, y))
+                return jnp.sum(mask * raw), (raw, out, h2, o2, tr2)
+            ls = self._window_losses(step_loss, out, y, mask)
+            return jnp.sum(ls), (ls, out, h2, o2, tr2)
+
+        (_, aux), g = jax.value_and_grad(loss_of, has_aux=True)(list(p_leaves))
+        return aux, g
+
     def _compiled_scan(self, step_loss, window: int | None = None, return_out: bool = False,
                        mode: str = "window"):
-        """Jitted ``fn(params, hidden, others, traces, args, ys, mask)`` over ``T = n * window``
+        """Jitted ``fn(params, hidden, others, traces, args, ys, mask, modulator)`` over ``T = n * window``
         steps (``window=None``: the algorithm's default, None meaning the whole sequence),
         returning ``(grad leaves, per-step losses, hidden', others', traces'[, outs])``, and with
         `check_finite` a last ``(any bad, first bad window, its row)`` (`_scan_items` names it)."""
@@ -354,20 +451,23 @@ class SequenceDrivers:
             window = self.default_window
         # keyed by what step_loss computes (its code and static closure values); the arrays it
         # captures are passed in, so a new closure of the same code reuses the compiled scan
-        lkey, captured, rebuild = split_fn(step_loss) if step_loss is not None else (None, [], lambda a: None)
+        batch_level = isinstance(step_loss, fast_path.BatchLevel)
+        loss_fn = step_loss.fn if batch_level else step_loss
+        lkey, captured, rebuild = split_fn(loss_fn) if loss_fn is not None else (None, [], lambda a: None)
+        if batch_level:
+            rebuild = (lambda r: lambda a: fast_path.BatchLevel(r(a)))(rebuild)
         check = bool(self.check_finite)
-        key = (lkey, window, return_out, mode, check)
+        key = (lkey, batch_level, window, return_out, mode, check)
         fn = self._jit_cache.get(key)
         if fn is not None:
-            return lambda *a: fn(*a, captured)
+            return _with_arrays(fn, captured)
 
-        def run(params, hidden, others, traces, args, ys, mask, captured):
+        def run(params, hidden, others, traces, args, ys, mask, mods, captured):
             loss = rebuild(captured)
-            window_losses = lambda out, ys, mask: self._window_losses(loss, out, ys, mask)
             T = mask.shape[0]
             win = T if window is None else min(window, T)
             n, rest = divmod(T, win)
-            p_leaves, p_tree = jax.tree.flatten(self._param_tuple(params))
+            p_leaves, p_tree = jax.tree.flatten(self.param_tuple(params))
             p_flags = finite.flags(p_leaves) if check else None  # constant over the sequence
             # windows are sliced inside the loop, so the sequence is never copied
             take = lambda tree, start, size: jax.tree.map(
@@ -375,15 +475,8 @@ class SequenceDrivers:
 
             def one(carry, start, size):
                 h, o, tr, acc = carry
-                a, y, m = take(args, start, size), take(ys, start, size), take(mask, start, size)
-
-                def loss_of(pl):
-                    pd = dict(zip(self.graph.mf.param_names, jax.tree.unflatten(p_tree, pl)))
-                    out, h2, o2, tr2 = self.run_window(pd, h, o, tr, a, mode=mode)
-                    ls = window_losses(out, y, m)
-                    return jnp.sum(ls), (ls, out, h2, o2, tr2)
-
-                (_, (ls, out, h2, o2, tr2)), g = jax.value_and_grad(loss_of, has_aux=True)(p_leaves)
+                a, y, m, md = (take(v, start, size) for v in (args, ys, mask, mods))
+                (ls, out, h2, o2, tr2), g = self.window_grads(p_leaves, p_tree, h, o, tr, a, y, m, md, loss, mode)
                 acc = [x + gi for x, gi in zip(acc, g)]
                 # the running sum turns non-finite at the first non-finite gradient; checking it lets
                 # XLA fuse the check into the add
@@ -404,7 +497,23 @@ class SequenceDrivers:
             return res + (finite.summarise(rows),) if check else res
 
         fn = self._jit_cache[key] = jax.jit(run)
-        return lambda *a: fn(*a, captured)
+        return _with_arrays(fn, captured)
+
+
+def _check_step_loss(step_loss, where: str, required: bool = False) -> None:
+    if step_loss is None and not required:
+        return
+    if not callable(step_loss):
+        raise ArgumentError(f"{where}: 'step_loss' must be a function step_loss(out, target) -> scalar for one "
+                            f"sample, got {step_loss!r}")
+
+
+def _with_arrays(fn, captured):
+    """``fn(params, hidden, others, traces, args, ys, mask, modulator=None)`` with the loss's
+    captured arrays passed in."""
+    def call(params, hidden, others, traces, args, ys, mask, modulator=None):
+        return fn(params, hidden, others, traces, args, ys, mask, modulator, captured)
+    return call
 
 
 @jax.jit

@@ -62,8 +62,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.algorithms.etrace import _TraceRules
-from etprop.algorithms.vjp import sum_terms
+from etprop.algorithms.etrace import TraceLearner
+from etprop.algorithms.traces import LowPass, TraceRule
 from etprop.errors import ArgumentError
 from etprop.graph import executor
 from etprop.graph.compiler import Relation
@@ -77,7 +77,7 @@ def _check_kappa(kappa) -> float:
     return float(kappa)
 
 
-class EProp(_TraceRules):
+class EProp(TraceLearner):
     """e-prop: D-RTRL's eligibility traces, a symmetric or fixed random learning signal, and
     an optional low-pass trace filter (see the module docstring for the maths).
 
@@ -203,35 +203,9 @@ class EProp(_TraceRules):
 
     # -- traces: D-RTRL's, plus the filter ------------------------------------------------------
 
-    def relation_kind(self, rel: Relation) -> str:
-        return "param" if rel.diagonal else "io"
-
-    def init_relation_trace(self, rel: Relation, kind: str):
-        base = super().init_relation_trace(rel, kind)
-        if self.kappa == 0:
-            return base
-        filt = base if kind == "param" else base["ef"]
-        return {"e": base, "f": [jnp.zeros_like(a) for a in filt]}
-
-    def advance_relation(self, rel: Relation, kind: str, trace, sig, count):
-        if self.kappa == 0:
-            return super().advance_relation(rel, kind, trace, sig, count)
-        e = super().advance_relation(rel, kind, trace["e"], sig, count)
-        new = e if kind == "param" else e["ef"]
-        k = self.kappa
-        return {"e": e, "f": [k * f + n for f, n in zip(trace["f"], new)]}
-
-    def relation_history(self, rel: Relation, kind: str, trace, delta, operands, count):
-        if self.kappa == 0:
-            return super().relation_history(rel, kind, trace, delta, operands, count)
-        S = len(delta)
-        if kind == "param":
-            return self.bsum(sum_terms([self.expand(rel, operands, delta[a]) * trace["f"][a] for a in range(S)]))
-        ex_hat, _ = self.io_snapshot(rel, trace["e"], count)
-        c = sum_terms([delta[a] * trace["f"][a] for a in range(S)])
-        if rel.n_x == 0:
-            return self.param_vjp_sum(rel, operands, c)
-        return self.param_vjp_sum(rel, operands, c, x_override=[ex_hat])
+    def trace_rule(self, rel: Relation) -> TraceRule:
+        rule = self.param_or_io(rel)
+        return rule if self.kappa == 0 else LowPass(rule, self.kappa)
 
     def filter_state(self):
         """The filtered traces ``ebar`` per relation (batch leading), or None without a filter."""

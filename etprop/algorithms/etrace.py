@@ -1,25 +1,17 @@
 """D-RTRL (per-parameter traces), ES-D-RTRL (factorised traces) and their hybrid.
 
-Per relation (one parameter, one hidden group of ``S`` states, per sample), with
-``delta[a] = dL^t/dh_a^{t-1}`` and the direct gradient through step ``t`` held by the
-base class:
+Each learner here only chooses, per relation (a parameter driving a hidden group), one of the
+trace rules of `etprop.algorithms.traces`:
 
-D-RTRL, trace ``e[a] ~ dh_a/dtheta`` of the parameter's shape for each state ``a``::
+* D-RTRL: `ParamTrace` (``e[a] ~ dh_a/dtheta``, exact where the hidden Jacobian is block-diagonal
+  per position), the factorised trace where no per-parameter trace exists (conv kernels, LoRA's
+  ``B``);
+* ES-D-RTRL: `IOTrace` (``e ~ ex_hat (x) ef``) with the input-trace decay ``alpha`` given, from a
+  rank, or measured per weight (``'auto'``);
+* the hybrid: whichever is smaller, per relation.
 
-    grad  += sum_a delta[a] * e[a]                   (delta broadcast by out_to_param)
-    e'[a]  = sum_s D[a][s] * e[s] + pullback_y->param(Df[a])
-
-ES-D-RTRL, ``e ~ ex_hat (x) ef``: input trace ``ex`` (x's shape), output traces ``ef[a]``::
-
-    grad  += pullback(x := ex_hat)(sum_a delta[a] * ef[a])
-    ex'    = alpha ex + (1 - alpha) x                (normalised average)
-    ef'[a] = sum_s D[a][s] ef[s] + Df[a]             (the exact output-side recursion)
-
-``ex_hat = ex / (1 - alpha^n)`` corrects the zero start by the trace step ``n``. With a
-shared leak ``d`` and ``alpha = d`` the product is the exact trace; in steady state it
-has no magnitude bias. The length-S sums are written out term by term (see
-shared/design/pitfalls.md: XLA:CPU miscompiles the fused float32 reduce of the
-einsum form).
+`TraceLearner` is their common base (also of e-prop, OSTL and three-factor): the report of
+what is exact, the measured leaks.
 """
 
 from __future__ import annotations
@@ -27,17 +19,19 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.algorithms.base import OnlineAlgorithm, StepSignals
-from etprop.algorithms.vjp import sum_terms
-from etprop.errors import ArgumentError, NotSupportedError
+from etprop.algorithms.base import OnlineAlgorithm
+from etprop.algorithms.traces import IOTrace, ParamTrace, TraceRule
+from etprop.errors import ArgumentError
 from etprop.graph import exactness, executor
 from etprop.graph.compiler import Relation
 
-__all__ = ["D_RTRL", "ParamDimVjpAlgorithm", "ES_D_RTRL", "IODimVjpAlgorithm", "pp_prop",
-           "HybridDimVjpAlgorithm"]
+__all__ = ["TraceLearner", "decay_option", "D_RTRL", "ParamDimVjpAlgorithm", "ES_D_RTRL", "IODimVjpAlgorithm",
+           "pp_prop", "HybridDimVjpAlgorithm"]
 
 
-def _decay(decay_or_rank) -> float | str:
+def decay_option(decay_or_rank) -> float | str:
+    """The input-trace decay ``alpha`` from ``decay_or_rank``: a float in ``[0, 1)``, an int rank
+    ``r >= 1`` (``alpha = (r - 1) / (r + 1)``) or ``'auto'``; anything else is an ArgumentError."""
     if decay_or_rank == "auto":
         return "auto"
     if isinstance(decay_or_rank, bool):
@@ -54,8 +48,8 @@ def _decay(decay_or_rank) -> float | str:
                         f"got {decay_or_rank!r}")
 
 
-class _TraceRules(OnlineAlgorithm):
-    """Both trace kinds; subclasses pick one per relation."""
+class TraceLearner(OnlineAlgorithm):
+    """Learners on per-relation traces (`etprop.algorithms.traces`); subclasses pick the rule."""
 
     alpha = 0.0
     #: whether this rule's per-parameter trace is D-RTRL's recursion with the single-step
@@ -85,16 +79,17 @@ class _TraceRules(OnlineAlgorithm):
         lines += [f"  approximate: {n}: {why}" for n, why in gaps.items()]
         return super().report() + "\n" + "\n".join(lines)
 
-    def compile_graph(self, *example_inputs, batch_size=None):
-        super().compile_graph(*example_inputs, batch_size=batch_size)
-        self._alphas = {}
-        if self.alpha == "auto":
-            self._alphas = self._measured_leaks()
-        return self
+    def prepare_rules(self) -> None:
+        self._alphas = self._measured_leaks() if self.alpha == "auto" else {}
+
+    def param_or_io(self, rel: Relation) -> TraceRule:
+        """The per-parameter trace where one exists (each parameter element drives one position),
+        else the factorised one."""
+        return ParamTrace() if rel.diagonal else IOTrace(self.alpha_of(rel))
 
     def alpha_of(self, rel: Relation) -> float:
         """The input-trace decay of a factorised relation."""
-        return self._alphas.get(rel, 0.0) if self.alpha == "auto" else self.alpha
+        return self._alphas.get(rel, 0.0) if self.alpha == "auto" else float(self.alpha)
 
     def _measured_leaks(self) -> dict:
         """``alpha = d`` per relation, ``d`` the leak of the group at the example point: the
@@ -113,63 +108,8 @@ class _TraceRules(OnlineAlgorithm):
             out[rel] = min(max(leak, 0.0), 0.999)
         return out
 
-    def _param_shape(self, rel: Relation):
-        return tuple(self.graph.param_leaf_avals[rel.leaf].shape), self.graph.param_leaf_avals[rel.leaf].dtype
 
-    def init_relation_trace(self, rel: Relation, kind: str):
-        S = self.graph.groups[rel.group].num_states
-        # a trace carries dh/dtheta: it needs the wider of the two dtypes (a float32 weight
-        # from braintools may drive float64 hidden states)
-        h_dtype = self.graph.groups[rel.group].dtype
-        if kind == "param":
-            shape, dtype = self._param_shape(rel)
-            return [jnp.zeros(shape, jnp.result_type(dtype, h_dtype)) for _ in range(S)]
-        y = executor.output_aval(self.graph, rel.eqn_index)
-        if rel.n_x > 1:
-            raise NotSupportedError(f"{rel.leaf_name}: factorised traces need a single-array input x, "
-                                    f"{rel.call.primitive.name} has {rel.n_x}")
-        ex = [jnp.zeros(a.shape, a.dtype) for a in executor.operand_avals(self.graph, rel.eqn_index)[:rel.n_x]]
-        return {"ex": ex, "ef": [jnp.zeros(y.shape, jnp.result_type(y.dtype, h_dtype)) for _ in range(S)]}
-
-    def advance_relation(self, rel: Relation, kind: str, trace, sig: StepSignals, count):
-        D = sig.D[rel.group]
-        Df = sig.Df[rel.eqn_index][rel.group]
-        ops = sig.operands[rel.eqn_index]
-        S = len(Df)
-        if kind == "param":
-            ex = lambda v: self.expand(rel, ops, v)
-            return [sum_terms([ex(D[a][s]) * trace[s] for s in range(S)]) + self.param_vjp(rel, ops, Df[a])
-                    for a in range(S)]
-        ef = [sum_terms([D[a][s] * trace["ef"][s] for s in range(S)]) + Df[a] for a in range(S)]
-        if rel.n_x == 0:
-            return {"ex": [], "ef": ef}
-        ex_old = trace["ex"][0]
-        alpha = self.alpha_of(rel)
-        ex = alpha * ex_old + (1.0 - alpha) * ops[0].astype(ex_old.dtype)
-        return {"ex": [ex], "ef": ef}
-
-    def io_snapshot(self, rel: Relation, trace, count):
-        """``(ex_hat, ef)``: the factorised trace as the history term uses it."""
-        if rel.n_x == 0:
-            return None, trace["ef"]
-        ex = trace["ex"][0]
-        # bias correction by trace step n; alpha^n underflows to 0 and never overflows
-        corr = 1.0 - jnp.power(jnp.asarray(self.alpha_of(rel), ex.dtype), count.astype(ex.dtype))
-        return jnp.where(count > 0, ex / jnp.where(count > 0, corr, 1.0), 0.0), trace["ef"]
-
-    def relation_history(self, rel: Relation, kind: str, trace, delta, operands, count):
-        # batch level: delta and traces lead with the batch axis when batch_size is set
-        S = len(delta)
-        if kind == "param":
-            return self.bsum_products(rel, operands, delta, trace)
-        ex_hat, ef = self.io_snapshot(rel, trace, count)
-        c = sum_terms([delta[a] * ef[a] for a in range(S)])
-        if rel.n_x == 0:
-            return self.param_vjp_sum(rel, operands, c)
-        return self.param_vjp_sum(rel, operands, c, x_override=[ex_hat])
-
-
-class D_RTRL(_TraceRules):
+class D_RTRL(TraceLearner):
     """Diagonal RTRL in parameter dimension: one trace per parameter element and state.
 
     Memory per sample ``O(|theta| * S)``. Equals BPTT when the model's hidden Jacobian
@@ -183,8 +123,8 @@ class D_RTRL(_TraceRules):
     name = "D-RTRL"
     exact_param_trace = True
 
-    def relation_kind(self, rel: Relation) -> str:
-        return "param" if rel.diagonal else "io"
+    def trace_rule(self, rel: Relation) -> TraceRule:
+        return self.param_or_io(rel)
 
     def describe_kind(self, rel, kind):
         if kind == "io":
@@ -195,7 +135,7 @@ class D_RTRL(_TraceRules):
 ParamDimVjpAlgorithm = D_RTRL
 
 
-class ES_D_RTRL(_TraceRules):
+class ES_D_RTRL(TraceLearner):
     """Exponentially smoothed D-RTRL: trace factorised into input and output traces.
 
     Args:
@@ -214,10 +154,10 @@ class ES_D_RTRL(_TraceRules):
 
     def __init__(self, model, decay_or_rank: float | int = 0.9):
         super().__init__(model)
-        self.alpha = _decay(decay_or_rank)
+        self.alpha = decay_option(decay_or_rank)
 
-    def relation_kind(self, rel: Relation) -> str:
-        return "io"
+    def trace_rule(self, rel: Relation) -> TraceRule:
+        return IOTrace(self.alpha_of(rel))
 
     def describe_kind(self, rel, kind):
         return f"factorised trace (ES-D-RTRL, alpha={self.alpha_of(rel):g}{' measured' if self.alpha == 'auto' else ''})"
@@ -227,7 +167,7 @@ IODimVjpAlgorithm = ES_D_RTRL
 pp_prop = ES_D_RTRL
 
 
-class HybridDimVjpAlgorithm(_TraceRules):
+class HybridDimVjpAlgorithm(TraceLearner):
     """Per relation, the cheaper trace: per-parameter where it fits (element-wise and
     small weights, always where ``S * |W| <= |x| + S * |y|``), factorised otherwise."""
 
@@ -236,16 +176,19 @@ class HybridDimVjpAlgorithm(_TraceRules):
 
     def __init__(self, model, decay_or_rank: float | int = 0.9):
         super().__init__(model)
-        self.alpha = _decay(decay_or_rank)
+        self.alpha = decay_option(decay_or_rank)
 
-    def relation_kind(self, rel: Relation) -> str:
+    def trace_rule(self, rel: Relation) -> TraceRule:
+        return ParamTrace() if self._param_fits(rel) else IOTrace(self.alpha_of(rel))
+
+    def _param_fits(self, rel: Relation) -> bool:
         if not rel.diagonal:
-            return "io"
+            return False
         S = self.graph.groups[rel.group].num_states
         w = int(np.prod(self.graph.param_leaf_avals[rel.leaf].shape))
         x = sum(int(np.prod(a.shape)) for a in executor.operand_avals(self.graph, rel.eqn_index)[:rel.n_x])
         y = int(np.prod(executor.output_aval(self.graph, rel.eqn_index).shape))
-        return "param" if rel.n_x == 0 or S * w <= x + S * y else "io"
+        return rel.n_x == 0 or S * w <= x + S * y
 
     def describe_kind(self, rel, kind):
         if kind == "param":

@@ -267,7 +267,7 @@ def collector():
 # -- the learner's items ---------------------------------------------------------------------------
 
 
-def _trace_parts(algo, traces):
+def trace_parts(algo, traces):
     """``[(item, tree)]`` of the traces: one per relation of the trace core (its weight's name;
     other entries, such as a synthesiser's values, are not traces), else one for them all."""
     if isinstance(traces, dict) and "rel" in traces:
@@ -283,12 +283,12 @@ def state_items(algo, traces, params: bool = True) -> list:
     trace, in that order."""
     g = algo.graph
     return ([("param", n) for n in g.param_leaf_names] * params + [("hidden", n) for n in g.mf.hidden_names]
-            + [item for item, _ in _trace_parts(algo, traces)])
+            + [item for item, _ in trace_parts(algo, traces)])
 
 
 def state_flags(algo, p_leaves, hidden, traces) -> jax.Array:
     """`flags` of the parameter leaves, the hidden states and the traces (`state_items`)."""
-    parts = [t for _, t in _trace_parts(algo, traces)]
+    parts = [t for _, t in trace_parts(algo, traces)]
     return flags(list(p_leaves) + list(hidden) + parts)
 
 
@@ -339,7 +339,7 @@ def call_window(algo, params, hidden, others, traces, seq):
         out, h2, o2, tr2 = _grad_checked(algo, where, params, (hidden, others, traces, seq), step)
     else:
         out, h2, o2, tr2 = algo.run_window(params, hidden, others, traces, seq)
-    p_leaves = [] if col is not None else jax.tree.leaves(algo._param_tuple(params))  # a driver checks them once
+    p_leaves = [] if col is not None else jax.tree.leaves(algo.param_tuple(params))  # a driver checks them once
     items = ([("input", f"input {i}") for i in range(len(seq))] + state_items(algo, tr2, params=col is None)
              + [("output", "")])
     vec = jnp.concatenate([flags(list(seq)), state_flags(algo, p_leaves, h2, tr2), flags([out])])

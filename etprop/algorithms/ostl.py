@@ -50,30 +50,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from etprop.algorithms.base import StepSignals
-from etprop.algorithms.etrace import _TraceRules
+from etprop.algorithms.etrace import TraceLearner
+from etprop.algorithms.traces import FeedforwardIOTrace, TraceRule
 from etprop.graph import executor
 from etprop.graph.compiler import Relation
 
 __all__ = ["OSTLRecurrent", "OSTLFeedforward"]
 
 
-class OSTLRecurrent(_TraceRules):
+class OSTLRecurrent(TraceLearner):
     """OSTL with the recurrent self-terms: D-RTRL's per-parameter trace with the per-position
     blocks of the full one-step Jacobian (see the module docstring)."""
 
     name = "OSTL-recurrent"
     _rec_groups: tuple = ()
 
-    def compile_graph(self, *example_inputs, batch_size=None):
-        super().compile_graph(*example_inputs, batch_size=batch_size)
+    def prepare_rules(self) -> None:
+        super().prepare_rules()
         self._rec_groups = executor.groups_with_operator_recurrence(self.graph)
-        return self
 
-    def relation_kind(self, rel: Relation) -> str:
-        return "param" if rel.diagonal else "io"
+    def trace_rule(self, rel: Relation) -> TraceRule:
+        return self.param_or_io(rel)
 
-    def _signals(self, p_leaves, h_leaves, tail, rec) -> StepSignals:
-        sig = super()._signals(p_leaves, h_leaves, tail, rec)
+    def step_signals(self, p_leaves, h_leaves, tail, rec) -> StepSignals:
+        sig = super().step_signals(p_leaves, h_leaves, tail, rec)
         if not self._rec_groups:
             return sig
         D = dict(sig.D)
@@ -118,24 +118,15 @@ class OSTLRecurrent(_TraceRules):
         return f"OSTL recurrent: factorised trace (no per-parameter trace exists), {src}"
 
 
-class OSTLFeedforward(_TraceRules):
+class OSTLFeedforward(TraceLearner):
     """OSTL without recurrence: input x output factorised trace, instantaneous input factor,
     per-state diagonal output recursion (see the module docstring)."""
 
     name = "OSTL-feedforward"
     alpha = 0.0
 
-    def relation_kind(self, rel: Relation) -> str:
-        return "io"
-
-    def advance_relation(self, rel: Relation, kind: str, trace, sig: StepSignals, count):
-        D = sig.D[rel.group]
-        Df = sig.Df[rel.eqn_index][rel.group]
-        ef = [D[a][a] * trace["ef"][a] + Df[a] for a in range(len(Df))]
-        if rel.n_x == 0:
-            return {"ex": [], "ef": ef}
-        x = sig.operands[rel.eqn_index][0]
-        return {"ex": [x.astype(trace["ex"][0].dtype)], "ef": ef}
+    def trace_rule(self, rel: Relation) -> TraceRule:
+        return FeedforwardIOTrace()
 
     def describe_kind(self, rel, kind):
         return "OSTL feedforward: factorised trace, current input x per-state diagonal output trace"

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from etprop.algorithms.base import OnlineAlgorithm
-from etprop.algorithms.vjp import online_custom_vjp, tree_sum0
+from etprop.algorithms.traces import NoTrace
+from etprop.algorithms.vjp import tree_sum0
 from etprop.errors import ArgumentError, CompilationError
 from etprop.graph import executor
 
@@ -171,18 +172,12 @@ class InfluenceAlgorithm(OnlineAlgorithm):
     def _setup(self):
         """Called once the layout is known, before the first influence is allocated."""
 
-    # the per-relation hooks of the trace learners are unused here
+    # the influence spans the whole hidden state: no per-relation traces
+    def trace_rule(self, rel):
+        return NoTrace()
+
     def relation_kind(self, rel):
         return "influence"
-
-    def init_relation_trace(self, rel, kind):
-        return []
-
-    def advance_relation(self, rel, kind, trace, sig, count):
-        raise AssertionError("influence learners advance the whole influence, not per relation")
-
-    def relation_history(self, rel, kind, trace, delta, operands, count):
-        raise AssertionError("influence learners compute the history term in influence_grad")
 
     def _init_sample_traces(self):
         self.layout  # noqa: B018  (builds the layout and the subclass's static structures)
@@ -233,44 +228,20 @@ class InfluenceAlgorithm(OnlineAlgorithm):
         (h, o, m), outs = jax.lax.scan(body, (list(h_leaves), list(o_leaves), infl), args_seq)
         return outs, h, o, m, None
 
-    def _make_window(self):
-        mf = self.graph.mf
-        oax = [0 if b else None for st, b in zip(mf.other_states, mf.batched_other)
-               for _ in jax.tree.leaves(st.value)]
-        batched = self.batch_size is not None
-        lay = self.layout
+    window_residual_axes = None  # the influence learners record no operands
 
-        def fwd_impl(p, h, o, tr, a):
-            if not batched:
-                return self._sample_window_fwd(p, h, o, tr, a)
-            f = jax.vmap(lambda hh, oo, tt, aa: self._sample_window_fwd(p, hh, oo, tt, aa),
-                         in_axes=(0, oax, 0, 1), out_axes=(1, 0, oax, 0, None))
-            return f(h, o, tr, a)
-
-        def plain(hh, pl, o, a):
-            if not batched:
-                return self._sample_window_plain(pl, hh, o, a)
-            return jax.vmap(lambda h1, o1, a1: self._sample_window_plain(pl, h1, o1, a1),
-                            in_axes=(0, oax, 1), out_axes=1)(hh, o, a)
-
-        def window_bwd(res, cts):
-            p, h, o, tr, a, _ = res
-            # exact reverse mode inside the window with h^{t0} fixed: the direct term of every
-            # parameter (summed over the batch) and the learning signal delta = dL/dh^{t0}
-            _, pull = jax.vjp(lambda hh, pl: plain(hh, pl, o, a), list(h), list(p))
-            delta, grads = pull(cts[0])
-            grads = list(grads)
-            if batched:
-                d = jnp.concatenate([jnp.reshape(x, (x.shape[0], -1)).astype(lay.dtype) for x in delta], 1)
-                # a halving tree of adds: XLA:CPU's reduce over a leading axis is several times slower
-                hist = tree_sum0(jax.vmap(self.influence_grad)(tr, d))
-            else:
-                hist = self.influence_grad(tr, lay.flat_h(delta))
-            for leaf, gv in lay.split_theta(hist).items():
-                grads[leaf] = grads[leaf] + gv.astype(grads[leaf].dtype)
-            return grads
-
-        return online_custom_vjp(fwd_impl, window_bwd)
+    def window_history(self, res, delta, grads: list) -> list:
+        """``grads`` plus the history term ``delta . M`` of every parameter the influence carries."""
+        tr, lay = res[3], self.layout
+        if self.batch_size is not None:
+            d = jnp.concatenate([jnp.reshape(x, (x.shape[0], -1)).astype(lay.dtype) for x in delta], 1)
+            # a halving tree of adds: XLA:CPU's reduce over a leading axis is several times slower
+            hist = tree_sum0(jax.vmap(self.influence_grad)(tr, d))
+        else:
+            hist = self.influence_grad(tr, lay.flat_h(delta))
+        for leaf, gv in lay.split_theta(hist).items():
+            grads[leaf] = grads[leaf] + gv.astype(grads[leaf].dtype)
+        return grads
 
     # -- report ------------------------------------------------------------------------------
 

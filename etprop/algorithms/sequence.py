@@ -44,6 +44,7 @@ import contextlib
 from collections.abc import Callable
 
 import brainstate
+import brainunit as u
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,8 +54,8 @@ from etprop.errors import ArgumentError
 from etprop.fncache import split as split_fn
 from etprop.input_data import MultiStepData, SingleStepData
 
-__all__ = ["REDUCTIONS", "LOSS_OUTPUTS", "check_chunk_size", "sequence_length", "to_windows",
-           "step_fn_grad", "step_fn_evolve"]
+__all__ = ["REDUCTIONS", "LOSS_OUTPUTS", "check_chunk_size", "check_mask", "check_targets", "sequence_length",
+           "to_windows", "step_fn_grad", "finish_step_fn_grad", "step_fn_evolve"]
 
 REDUCTIONS = ("mean", "sum")
 LOSS_OUTPUTS = ("per_step", "masked", "scalar")
@@ -100,11 +101,37 @@ def to_windows(tree, n: int, k: int):
     return jax.tree.map(lambda a: jnp.reshape(a, (n, k) + tuple(np.shape(a)[1:])), tree)
 
 
-def _check_mask(mask, T: int) -> jax.Array:
-    mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
+def check_mask(mask, T: int) -> jax.Array:
+    """``mask`` as a ``(T,)`` array of real weights (ones if None); `ArgumentError` naming its shape or dtype."""
+    if mask is None:
+        return jnp.ones((T,))
+    try:
+        dtype = jnp.result_type(u.get_mantissa(mask))
+    except TypeError:
+        dtype = None
+        try:
+            got = f"dtype {np.asarray(mask).dtype}"
+        except Exception:  # noqa: BLE001 -- anything numpy cannot read is not a mask either
+            got = f"a {type(mask).__name__}"
+    if isinstance(mask, u.Quantity) and not mask.is_unitless:
+        raise ArgumentError(f"mask must be unitless (one weight per step), got a quantity in {mask.unit}")
+    if dtype is None or not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+                             or dtype == jnp.bool_):
+        got = f"dtype {dtype}" if dtype is not None else got
+        raise ArgumentError(f"mask must be a real (float, int or bool) array of shape ({T},), one weight per step; "
+                            f"got {got}")
+    mask = jnp.asarray(u.get_mantissa(mask))
     if mask.shape != (T,):
         raise ArgumentError(f"mask must have shape ({T},) (one weight per step), got {mask.shape}")
     return mask
+
+
+def check_targets(ys, T: int) -> None:
+    """Every leaf of the targets ``ys`` leads with the ``T`` steps of the inputs (`ArgumentError` naming it)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(ys)[0]:
+        if np.shape(leaf)[:1] != (T,):
+            raise ArgumentError(f"the targets ys{jax.tree_util.keystr(path)} have shape {np.shape(leaf)}, but the "
+                                f"inputs have {T} steps: give every target leaf a leading time axis of length {T}")
 
 
 def _weights_key(weights) -> tuple:
@@ -131,7 +158,7 @@ def step_fn_grad(model, cache, check: bool, sequences: tuple, step_fn: Callable,
     if k is not None and T % k:
         raise ArgumentError(f"the sequence length {T} is not a multiple of chunk_size {k}; trim the sequence to "
                             f"{T - T % k} steps or pick a chunk_size that divides {T}")
-    mask = _check_mask(mask, T)
+    mask = check_mask(mask, T)
     if weights is None:
         weights = model.states(brainstate.ParamState)
     fkey, captured, rebuild = split_fn(step_fn)
@@ -149,6 +176,14 @@ def step_fn_grad(model, cache, check: bool, sequences: tuple, step_fn: Callable,
         total, (losses, aux), summary = fn(xs, captured)
         if check:
             finite.raise_host("etrace_grad", items, summary, k or 1)
+    return finish_step_fn_grad(total, losses, aux, mask, reduction, loss_output, has_aux, return_value)
+
+
+def finish_step_fn_grad(total, losses, aux, mask, reduction: str, loss_output: str, has_aux: bool,
+                        return_value: bool):
+    """braintrace's returns from the summed gradients ``total`` and the per-step ``losses``:
+    ``reduction``, ``loss_output``, ``has_aux`` and ``return_value`` as in the module docstring."""
+    T = mask.shape[0]
     if reduction == "mean":
         denom = jnp.maximum(jnp.sum(mask), 1.0)
         total = jax.tree.map(lambda g: g / denom, total)

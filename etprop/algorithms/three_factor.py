@@ -33,7 +33,8 @@ import numpy as np
 from etprop.algorithms.base import unflatten_out_seq
 from etprop.algorithms.drivers import as_args
 from etprop.algorithms.vjp import online_custom_vjp
-from etprop.algorithms.etrace import _TraceRules, _decay
+from etprop.algorithms.etrace import TraceLearner, decay_option
+from etprop.algorithms.traces import TraceRule
 from etprop.errors import ArgumentError, NotSupportedError
 from etprop.graph.compiler import Relation
 
@@ -46,7 +47,7 @@ def _no_loss_gradient(res, cts):
                             "learner.etrace_grad(xs, modulator=ms)")
 
 
-class ThreeFactor(_TraceRules):
+class ThreeFactor(TraceLearner):
     """Three-factor rule ``dW = M^t . e^t`` with a per-call modulator ``M`` (see module doc).
 
     Args:
@@ -68,10 +69,10 @@ class ThreeFactor(_TraceRules):
                                       (isinstance(state, (tuple, list)) and all(isinstance(s, str) for s in state))):
             raise ArgumentError(f"ThreeFactor: state must be a hidden state name or a tuple of names, got {state!r}")
         self.state = (state,) if isinstance(state, str) else tuple(state or ())
-        self.alpha = _decay(decay_or_rank)
+        self.alpha = decay_option(decay_or_rank)
 
-    def relation_kind(self, rel: Relation) -> str:
-        return "param" if rel.diagonal else "io"
+    def trace_rule(self, rel: Relation) -> TraceRule:
+        return self.param_or_io(rel)
 
     # -- compile ---------------------------------------------------------------------------------
 
@@ -93,27 +94,8 @@ class ThreeFactor(_TraceRules):
                                     f"gates (got state={self.state or None})")
             self._gated[grp.index] = hit[0]
         self._traced = sorted({r.leaf for r in g.relations})
-        self._fwd, self._plain = self._batched_fns()
-        self._window_fn = online_custom_vjp(self._fwd, _no_loss_gradient)
+        self._window_fn = online_custom_vjp(self.window_forward, _no_loss_gradient)
         return self
-
-    def _batched_fns(self):
-        mf = self.graph.mf
-        oax = [0 if b else None for st, b in zip(mf.other_states, mf.batched_other)
-               for _ in jax.tree.leaves(st.value)]
-        if self.batch_size is None:
-            return self._sample_window_fwd, lambda h, p, o, a: self._sample_window_plain(p, h, o, a)
-
-        def fwd(p, h, o, tr, a):
-            f = jax.vmap(lambda hh, oo, tt, aa: self._sample_window_fwd(p, hh, oo, tt, aa),
-                         in_axes=(0, oax, 0, 1), out_axes=(1, 0, oax, 0, (None, 0)))
-            return f(h, o, tr, a)
-
-        def plain(h, p, o, a):
-            return jax.vmap(lambda h1, o1, a1: self._sample_window_plain(p, h1, o1, a1),
-                            in_axes=(0, oax, 1), out_axes=1)(h, o, a)
-
-        return fwd, plain
 
     # -- the rule --------------------------------------------------------------------------------
 
@@ -153,97 +135,36 @@ class ThreeFactor(_TraceRules):
         out = {}
         for i, rel in enumerate(g.relations):
             ops = [sv if pv is None else pv for sv, pv in zip(shared[rel.eqn_index], per[rel.eqn_index])]
-            a = self._gated[rel.group]
-            trace = tr["rel"][i]
-            if self._kinds[i] == "param":
-                M = jnp.broadcast_to(m, lead + tuple(g.groups[rel.group].shape)).astype(trace[a].dtype)
-                val = self.bsum(self.expand(rel, ops, M) * trace[a])
-            else:
-                ex_hat, ef = self.io_snapshot(rel, trace, count)
-                c = jnp.broadcast_to(m, ef[a].shape).astype(ef[a].dtype) * ef[a]
-                val = (self.param_vjp_sum(rel, ops, c) if rel.n_x == 0
-                       else self.param_vjp_sum(rel, ops, c, x_override=[ex_hat]))
-            out[rel.leaf] = out.get(rel.leaf, 0.0) + val
+            gated = self._gated[rel.group]
+            M = jnp.broadcast_to(m, lead + tuple(g.groups[rel.group].shape))
+            # the modulator is the learning signal of the gated state only (None: no signal)
+            delta = [M if k == gated else None for k in range(g.groups[rel.group].num_states)]
+            out[rel.leaf] = out.get(rel.leaf, 0.0) + self.relation_history(i, tr["rel"][i], delta, ops, count)
         return out
 
-    def _one_step(self, p_leaves, h, o, tr, a1, y1, mask1, m, step_loss):
-        """One step: ``(outs, h', o', traces', grad leaves, loss)``; ``a1``/``y1`` lead with time 1."""
-        outs, h2, o2, tr2, (shared, per) = self._fwd(p_leaves, h, o, tr, a1)
+    def window_grads(self, p_leaves, p_tree, hidden, others, traces, a, y, mask, modulator, step_loss, mode):
+        """One step (the driver's window of one): the traced weights get ``M^t . e^t`` at the trace
+        after the step, the untraced ones the exact gradient of the step's loss (zero without one)."""
+        g = self.graph
+        h, o = jax.tree.leaves(hidden), jax.tree.leaves(others)
+        outs, h2, o2, tr2, (shared, per) = self.window_forward(list(p_leaves), h, o, traces, a)
+        out = unflatten_out_seq(g, outs)
         grads = [jnp.zeros_like(p) for p in p_leaves]
-        loss = jnp.zeros(())
+        ls = self._window_losses(step_loss, out, y, mask)
         if step_loss is not None:
             def loss_of(pl):
-                out = unflatten_out_seq(self.graph, self._plain(list(h), pl, o, a1))
-                return jnp.sum(self._window_losses(step_loss, out, y1, mask1))
+                plain_out = unflatten_out_seq(g, self.window_outputs(h, pl, o, a))
+                return jnp.sum(self._window_losses(step_loss, plain_out, y, mask))
 
-            loss, gl = jax.value_and_grad(loss_of)(list(p_leaves))
+            gl = jax.grad(loss_of)(list(p_leaves))
             grads = [jnp.zeros_like(gv) if i in self._traced else gv for i, gv in enumerate(gl)]
-        if m is not None:
-            for leaf, val in self._modulated(tr2, shared, per, m).items():
+        if modulator is not None:
+            for leaf, val in self._modulated(tr2, shared, per, modulator[0]).items():
                 grads[leaf] = grads[leaf] + val.astype(grads[leaf].dtype)
-        return outs, h2, o2, tr2, grads, loss
+        hidden2, others2 = jax.tree.unflatten(jax.tree.structure((hidden, others)), list(h2) + list(o2))
+        return (ls, out, hidden2, others2, tr2), grads
 
-    def _compiled_three(self, step_loss, with_mod: bool, return_out: bool, optimizer=None):
-        key = ("three", step_loss, with_mod, return_out, optimizer)
-        fn = self._jit_cache.get(key)
-        if fn is not None:
-            return fn
-        g = self.graph
-
-        def run(params, hidden, others, traces, args, ys, mask, ms, opt_state):
-            p_leaves, p_tree = jax.tree.flatten(self._param_tuple(params))
-            h_leaves, o_leaves = jax.tree.leaves(hidden), jax.tree.leaves(others)
-
-            def body(carry, inp):
-                pl, h, o, tr, acc, st = carry
-                a, y, mk, m = inp
-                one = lambda tree: jax.tree.map(lambda v: v[None], tree)
-                outs, h2, o2, tr2, gr, loss = self._one_step(pl, h, o, tr, one(a), one(y), mk[None],
-                                                             m if with_mod else None, step_loss)
-                if optimizer is not None:  # online: update at every step
-                    gd = dict(zip(g.mf.param_names, jax.tree.unflatten(p_tree, gr)))
-                    pd = dict(zip(g.mf.param_names, jax.tree.unflatten(p_tree, pl)))
-                    upd, st = optimizer.update(gd, st, pd)
-                    pd = jax.tree.map(lambda x, d: x + d, pd, upd)
-                    pl = jax.tree.leaves(self._param_tuple(pd))
-                acc = [x + y_ for x, y_ in zip(acc, gr)]
-                return (pl, list(h2), list(o2), tr2, acc, st), (loss, jax.tree.map(lambda v: v[0], outs))
-
-            init = (p_leaves, h_leaves, o_leaves, traces, [jnp.zeros_like(p) for p in p_leaves], opt_state)
-            (pl, h, o, tr, acc, st), (losses, outs) = jax.lax.scan(body, init, (args, ys, mask, ms))
-            h2, o2 = jax.tree.unflatten(jax.tree.structure((hidden, others)), list(h) + list(o))
-            new_params = dict(zip(g.mf.param_names, jax.tree.unflatten(p_tree, pl)))
-            res = (acc, losses, h2, o2, tr, new_params, st)
-            return res + (unflatten_out_seq(g, outs),) if return_out else res
-
-        fn = self._jit_cache[key] = jax.jit(run)
-        return fn
-
-    def _run_sequence(self, args, ys, step_loss, mask, *, window, chunk_size=None, return_out=False,
-                      modulator=None, optimizer=None, opt_state=None):
-        if window != 1:
-            raise ArgumentError(f"{type(self).__name__} learns per step: window must be 1, got {window!r}")
-        T = jax.tree.leaves(args)[0].shape[0]
-        mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
-        if mask.shape != (T,):
-            raise ArgumentError(f"mask must have shape ({T},), got {mask.shape}")
-        with_mod = modulator is not None
-        ms = modulator if with_mod else jnp.zeros((T,))
-        mf = self.graph.mf
-        params, hidden, others = mf.values()
-        params = dict(zip(mf.param_names, params))
-        fn = self._compiled_three(step_loss, with_mod, return_out, optimizer)
-        res = fn(params, hidden, others, self.etrace.value, args, ys, mask, ms, opt_state)
-        acc, losses, hidden, others, traces, new_params, opt_state = res[:7]
-        mf.write(hidden, others)
-        self.etrace.value = traces
-        if optimizer is not None:
-            self.set_params(new_params)
-            return opt_state, losses
-        grads = self._grads_to_dict(acc, params)
-        return (grads, losses, res[7]) if return_out else (grads, losses)
-
-    # -- public API --------------------------------------------------------------------------------
+    # -- public API: the drivers of every trace learner, with the modulator as their input ---------
 
     def etrace_grad(self, xs=None, ys=None, step_loss: Callable | None = None, *sequences, modulator=None,
                     mask=None, window: int = 1, closed_form_chunk: int | None = None, return_losses=False,
@@ -263,12 +184,13 @@ class ThreeFactor(_TraceRules):
         if step_fn is not None or sequences:
             raise NotSupportedError("ThreeFactor.etrace_grad takes (xs, ys, step_loss, modulator=...); the "
                                     "step_fn convention differentiates a loss, which this rule does not use")
+        if window != 1:
+            raise ArgumentError(f"{type(self).__name__} learns per step: window must be 1, got {window!r}")
         args = as_args(xs, multi=True)
         self._check_args(args, True)
         T = jax.tree.leaves(args)[0].shape[0]
         m = self._check_modulator(modulator, T)
-        grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, modulator=m)
-        self._check_finite("etrace_grad", args, grads, losses)
+        grads, losses = self._run_sequence(args, ys, step_loss, mask, window=1, modulator=m)
         total = jnp.sum(losses)
         return (grads, total, losses) if return_losses else (grads, total)
 
@@ -281,8 +203,8 @@ class ThreeFactor(_TraceRules):
         m = self._check_modulator(modulator, None)
         seq = jax.tree.map(lambda a: jnp.expand_dims(a, 0), args)
         ys = None if target is None else jax.tree.map(lambda a: jnp.expand_dims(a, 0), target)
-        grads, losses, out = self._run_sequence(seq, ys, loss_fn, None, window=1, return_out=True, modulator=m[None])
-        self._check_finite("step", args, grads, losses)
+        grads, losses, out = self._run_sequence(seq, ys, loss_fn, None, window=1, return_out=True, where="step",
+                                                modulator=m[None])
         return jax.tree.map(lambda a: a[0], out), grads, losses[0]
 
     def train_online(self, xs, ys, step_loss, optimizer, opt_state=None, *, modulator=None, mask=None):
@@ -293,12 +215,7 @@ class ThreeFactor(_TraceRules):
         self._check_args(args, True)
         T = jax.tree.leaves(args)[0].shape[0]
         m = self._check_modulator(modulator, T)
-        if opt_state is None:
-            opt_state = optimizer.init(self.params())
-        opt_state, losses = self._run_sequence(args, ys, step_loss, mask, window=1, modulator=m,
-                                               optimizer=optimizer, opt_state=opt_state)
-        self._check_finite("train_online", args, self.params(), losses)
-        return opt_state, losses
+        return self._train_online(args, ys, step_loss, optimizer, opt_state, mask, m)
 
     def describe_kind(self, rel, kind):
         names = self.graph.groups[rel.group].names

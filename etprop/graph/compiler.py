@@ -162,6 +162,21 @@ def _aval_shape(x):
     return tuple(np.shape(x))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """The traced step of one sample, as `compile_graph`'s helpers read it."""
+
+    mf: ModelFunction
+    jaxpr: object  # the step's jaxpr (``closed.jaxpr``)
+    n_p: int  # parameter leaves: the first operands
+    n_h: int  # hidden-state leaves: the next operands, and the results after the outputs
+    n_out: int  # output leaves: the first results
+    leaf_names: list  # of the parameter leaves
+    etp: dict  # equation index -> ETPCall
+    etp_n_x: dict  # equation index -> number of its x leaves
+    etp_out_avals: dict  # equation index -> its output's aval
+
+
 def compile_graph(model, *example_args, batch_size: int | None = None, probe_seed: int = 0) -> ETraceGraph:
     """Compile ``model.update`` into an `ETraceGraph`.
 
@@ -171,6 +186,40 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
       batch_size: if given, the model's short-term states and the inputs carry a
         leading batch axis of this size; the graph is built for one sample.
     """
+    mf, batched, sample_args, (params, hidden, others) = _sample_state(model, example_args, batch_size)
+
+    closed, leaves, in_tree, out_tree = _trace_step(mf, params, hidden, others, sample_args)
+    jaxpr = closed.jaxpr
+
+    n_p = len(jax.tree.leaves(params))
+    n_h = len(jax.tree.leaves(hidden))
+    if n_h != len(mf.hidden_states):
+        raise NotSupportedError("every hidden state must hold a single array (or quantity)")
+    n_out = out_tree.num_leaves - n_h - len(jax.tree.leaves(jax.tree.unflatten(
+        out_tree, [0] * out_tree.num_leaves)[2]))
+
+    leaf_names = _param_leaf_names(mf, params)
+    param_avals = tuple(jaxpr.invars[i].aval for i in range(n_p))
+
+    etp, etp_n_x, etp_out_avals = _etp_operators(model, jaxpr, n_p, n_h)
+
+    step = _Step(mf, jaxpr, n_p, n_h, n_out, leaf_names, etp, etp_n_x, etp_out_avals)
+    groups, hidden_group, notes, cross, readout, dep = _hidden_groups(step)
+    relations, untraced, pdep = _relations(step, dep, groups, hidden_group)
+    per_sample = _per_sample_operands(step, others)
+
+    graph = ETraceGraph(mf, closed, in_tree, out_tree, n_p, n_h, n_out, tuple(leaf_names), param_avals,
+                        tuple(groups), tuple(hidden_group), tuple(relations), etp, etp_n_x, etp_out_avals,
+                        per_sample, untraced, notes, batched, tuple(cross), tuple(readout),
+                        _carried_states(mf))
+    _check_diagonal(graph, leaves, probe_seed)
+    _mark_untraced(step, graph, pdep)
+    return graph
+
+
+def _sample_state(model, example_args, batch_size):
+    """The model as a function and one sample's values: ``(mf, batched, sample_args, (params,
+    hidden, others))``, after checking the batch axes and that the step writes a hidden state."""
     batched = batch_size is not None
     if batched:
         for a in jax.tree.leaves(example_args):
@@ -193,7 +242,12 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
     if not mf.hidden_states:
         raise CompilationError(f"{type(model).__name__}.update writes no floating-point ShortTermState/"
                                f"HiddenState: there is nothing to carry traces for")
+    return mf, batched, sample_args, (params, hidden, others)
 
+
+def _trace_step(mf: ModelFunction, params, hidden, others, sample_args):
+    """The step of one sample as a jaxpr over its flat operands: ``(closed, leaves, in_tree,
+    out_tree)``."""
     operands = (params, hidden, others, sample_args)
     leaves, in_tree = jax.tree.flatten(operands)
     out_tree_box = {}
@@ -207,14 +261,15 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
     closed = jax.make_jaxpr(flat_step)(*leaves)
     out_tree = out_tree_box["tree"]
     jaxpr = closed.jaxpr
+    if len(jaxpr.invars) != len(leaves):  # the executor pairs invars with the step's operands
+        raise CompilationError(f"the traced step has {len(jaxpr.invars)} inputs for {len(leaves)} operands (jax "
+                               f"{jax.__version__} lays out jaxprs differently from the versions etprop is tested "
+                               f"with: see pyproject.toml's ranges)")
+    return closed, leaves, in_tree, out_tree
 
-    n_p = len(jax.tree.leaves(params))
-    n_h = len(jax.tree.leaves(hidden))
-    if n_h != len(mf.hidden_states):
-        raise NotSupportedError("every hidden state must hold a single array (or quantity)")
-    n_out = out_tree.num_leaves - n_h - len(jax.tree.leaves(jax.tree.unflatten(
-        out_tree, [0] * out_tree.num_leaves)[2]))
 
+def _param_leaf_names(mf: ModelFunction, params) -> list[str]:
+    """The name of every parameter leaf."""
     # names of parameter leaves: state name + key path inside the state's value
     leaf_names = []
     for st, v in zip(mf.param_states, params):
@@ -222,8 +277,13 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
         for path, _ in jax.tree_util.tree_flatten_with_path(v, is_leaf=u.math.is_quantity)[0]:
             suffix = jax.tree_util.keystr(path)
             leaf_names.append(mf.name(st) + suffix)
-    param_avals = tuple(jaxpr.invars[i].aval for i in range(n_p))
+    return leaf_names
 
+
+def _etp_operators(model, jaxpr, n_p: int, n_h: int):
+    """The step's ETP equations, each one's number of ``x`` leaves and output aval: ``(etp,
+    etp_n_x, etp_out_avals)``, after checking that they stand at the top level of the step, that
+    no while loop must be differentiated and that there is one at least."""
     nested = _jaxpr.nested_etp_primitives(jaxpr)
     if nested:
         outer, prim = nested[0]
@@ -249,7 +309,15 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
         etp_n_x[idx] = len(jax.tree.leaves(x))
         eqn = jaxpr.eqns[idx]
         etp_out_avals[idx] = eqn.outvars[0].aval
+    return etp, etp_n_x, etp_out_avals
 
+
+def _hidden_groups(step: _Step):
+    """The hidden groups (states of one shape that depend on each other within the step, ETP
+    inputs cut) and the notes on the paths between states of different shapes: ``(groups,
+    hidden_group, notes, cross, readout, dep)``, ``dep`` the step's structural dependences."""
+    mf, jaxpr, n_p, n_h, n_out = step.mf, step.jaxpr, step.n_p, step.n_h, step.n_out
+    etp, etp_n_x = step.etp, step.etp_n_x
     # structural dependence with ETP inputs cut
     h_in = jaxpr.invars[n_p:n_p + n_h]
     sources = {v: {("h", k)} for k, v in enumerate(h_in)}
@@ -302,14 +370,22 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
             hidden_group[i] = gi
         groups.append(HiddenGroup(gi, mem, tuple(mf.hidden_names[i] for i in mem), h_shapes[mem[0]],
                                   h_in[mem[0]].aval.dtype))
+    return groups, hidden_group, notes, cross, readout, dep
 
-    # relations: ETP output -> groups it drives
+
+def _relations(step: _Step, dep: dict, groups: list, hidden_group: list):
+    """The relations (an ETP operator's parameter leaf and a group its output drives, of the
+    group's shape) and why the other parameters of the operators are not traced: ``(relations,
+    untraced, pdep)``, ``pdep`` the step's dependences on the parameter leaves."""
+    jaxpr, n_p, n_h, n_out, leaf_names = step.jaxpr, step.n_p, step.n_h, step.n_out, step.leaf_names
+    etp, etp_n_x, etp_out_avals = step.etp, step.etp_n_x, step.etp_out_avals
+    h_out = jaxpr.outvars[n_out:n_out + n_h]
     relations, untraced = [], {}
     invar_index = {v: i for i, v in enumerate(jaxpr.invars)}
     pdep = _jaxpr.dependencies(jaxpr, {v: {i} for i, v in enumerate(jaxpr.invars[:n_p])})
     drives = {idx: set() for idx in etp}
     for j, v in enumerate(h_out):
-        for kind, k in deps_of(v):
+        for kind, k in deps_of_in(dep, v):
             if kind == "y":
                 drives[k].add(hidden_group[j])
     # ETP outputs that reach another ETP operator's operands (e.g. a gate feeding a matmul's input)
@@ -351,9 +427,13 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
                     continue
                 diag = (pname in call.primitive.out_to_param and _declares_diag(call, pname, eqn))
                 relations.append(Relation(idx, call, pname, leaf, lname, g, etp_n_x[idx], diag))
+    return relations, untraced, pdep
 
-    # which ETP operands vary per sample (hidden states, inputs, batched others): the rest
-    # (parameters, constants) stay unbatched in the batched backward pass
+
+def _per_sample_operands(step: _Step, others) -> dict:
+    """Which operands of each ETP equation vary per sample (hidden states, inputs, batched
+    others): the rest (parameters, constants) stay unbatched in the batched backward pass."""
+    mf, jaxpr, n_p, n_h, etp = step.mf, step.jaxpr, step.n_p, step.n_h, step.etp
     n_o = len(jax.tree.leaves(others))
     o_batched = [b for st, v, b in zip(mf.other_states, others, mf.batched_other) for _ in jax.tree.leaves(v)]
     sample_src = {v: {"s"} for v in jaxpr.invars[n_p:n_p + n_h]}
@@ -361,12 +441,14 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
     sample_src.update({v: {"s"} for v in jaxpr.invars[n_p + n_h + n_o:]})
     sdep = _jaxpr.dependencies(jaxpr, sample_src)
     per_sample = {idx: tuple(bool(deps_of_in(sdep, v)) for v in jaxpr.eqns[idx].invars) for idx in etp}
+    return per_sample
 
-    graph = ETraceGraph(mf, closed, in_tree, out_tree, n_p, n_h, n_out, tuple(leaf_names), param_avals,
-                        tuple(groups), tuple(hidden_group), tuple(relations), etp, etp_n_x, etp_out_avals,
-                        per_sample, untraced, notes, batched, tuple(cross), tuple(readout),
-                        _carried_states(mf))
-    _check_diagonal(graph, leaves, probe_seed)
+
+def _mark_untraced(step: _Step, graph: ETraceGraph, pdep: dict) -> None:
+    """Give every parameter leaf left without a relation its reason in ``graph.untraced`` (and
+    ``graph.truncated`` where a plain op carries it into a hidden state)."""
+    mf, leaf_names = step.mf, step.leaf_names
+    h_out = step.jaxpr.outvars[step.n_out:step.n_out + step.n_h]
     traced = {r.leaf for r in graph.relations}
     # an untraced parameter that reaches a hidden state: its gradient is the current step's term
     # only, the state's memory of it is dropped (e.g. the weight of a leaky readout written with a
@@ -384,7 +466,6 @@ def compile_graph(model, *example_args, batch_size: int | None = None, probe_see
             graph.untraced.setdefault(name, f"a plain JAX op carries it into hidden state {states}")
         elif name not in graph.untraced:
             graph.untraced[name] = "not consumed by an ETP operator (plain JAX op)"
-    return graph
 
 
 def _reachability(edges: dict, n: int) -> list[set]:
@@ -446,6 +527,29 @@ def _check_diagonal(graph: ETraceGraph, leaves, seed: int) -> None:
     _, lin = jax.linearize(dyn, h0, zeros_y)
     zero_h = [jnp.zeros_like(h) for h in h0]
     zero_py = dict(zeros_y)
+    bad_groups, key = _mixing_groups(graph, lin, h0, zero_h, zero_py, key)
+    bad_rel = _mixing_tails(graph, lin, zero_h, zero_py, zeros_y, bad_groups, key)
+    if not bad_groups and not bad_rel:
+        return
+    keep = []
+    for ri, rel in enumerate(graph.relations):
+        if rel.group in bad_groups:
+            why = (f"hidden group [{rel.group}] ({', '.join(graph.groups[rel.group].names)}) mixes positions "
+                   f"through plain (non-ETP) operations, so per-position traces would be wrong")
+        elif ri in bad_rel:
+            why = (f"the path from {rel.call.primitive.name}'s output to group [{rel.group}] mixes positions "
+                   f"(e.g. a normalisation or roll), so per-position traces would be wrong")
+        else:
+            keep.append(rel)
+            continue
+        graph.untraced.setdefault(rel.leaf_name, why)
+        warnings.warn(f"etprop: {rel.leaf_name} is not traced: {why}", stacklevel=3)
+    graph.relations = tuple(keep)
+
+
+def _mixing_groups(graph: ETraceGraph, lin, h0, zero_h, zero_py, key):
+    """The groups whose within-step Jacobian (``lin``: the linearised step) mixes positions, by a
+    random probe against its per-state columns: ``(bad_groups, key)``."""
     bad_groups = set()
     for g in graph.groups:
         cols = []
@@ -464,6 +568,12 @@ def _check_diagonal(graph: ETraceGraph, leaves, seed: int) -> None:
             want = sum(cols[si][a] * r[s] for si, s in enumerate(g.members))
             if not _close(got[a], want):
                 bad_groups.add(g.index)
+    return bad_groups, key
+
+
+def _mixing_tails(graph: ETraceGraph, lin, zero_h, zero_py, zeros_y, bad_groups: set, key) -> set:
+    """The relations (by index) outside ``bad_groups`` whose ``y -> h`` tail mixes positions, by a
+    random probe of ``lin`` (the linearised step)."""
     bad_rel = set()
     for ri, rel in enumerate(graph.relations):
         if rel.group in bad_groups:
@@ -479,22 +589,7 @@ def _check_diagonal(graph: ETraceGraph, leaves, seed: int) -> None:
         for a in graph.groups[rel.group].members:
             if not _close(got[a], col[a] * rv):
                 bad_rel.add(ri)
-    if not bad_groups and not bad_rel:
-        return
-    keep = []
-    for ri, rel in enumerate(graph.relations):
-        if rel.group in bad_groups:
-            why = (f"hidden group [{rel.group}] ({', '.join(graph.groups[rel.group].names)}) mixes positions "
-                   f"through plain (non-ETP) operations, so per-position traces would be wrong")
-        elif ri in bad_rel:
-            why = (f"the path from {rel.call.primitive.name}'s output to group [{rel.group}] mixes positions "
-                   f"(e.g. a normalisation or roll), so per-position traces would be wrong")
-        else:
-            keep.append(rel)
-            continue
-        graph.untraced.setdefault(rel.leaf_name, why)
-        warnings.warn(f"etprop: {rel.leaf_name} is not traced: {why}", stacklevel=3)
-    graph.relations = tuple(keep)
+    return bad_rel
 
 
 def _close(a, b) -> bool:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from etprop.graph import _jaxpr
 from etprop.graph.compiler import ETraceGraph, deps_of_in
 
-__all__ = ["operand_avals", "output_aval", "bind_etp", "zero_operands", "params_reaching", "hidden_avals",
+__all__ = ["operand_avals", "output_aval", "step_out_avals", "bind_etp", "zero_operands", "params_reaching", "hidden_avals",
            "groups_with_operator_recurrence", "param_enters_nonlinearly"]
 
 
@@ -30,6 +30,12 @@ def operand_avals(graph: ETraceGraph, idx: int) -> list:
 def output_aval(graph: ETraceGraph, idx: int):
     """Abstract value of ETP equation ``idx``'s output ``y``."""
     return _eqn(graph, idx).outvars[0].aval
+
+
+def step_out_avals(graph: ETraceGraph) -> list:
+    """Abstract values of the model's outputs for one step and one sample (flat leaves, in the
+    order `ETraceGraph.unflatten_out` takes them)."""
+    return [v.aval for v in graph.closed.jaxpr.outvars[:graph.n_out]]
 
 
 def bind_etp(graph: ETraceGraph, idx: int, operands):

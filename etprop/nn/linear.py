@@ -164,9 +164,15 @@ class Linear(brainstate.nn.Module):
 
 
 def _check_mask(mask, shape):
-    m = jnp.asarray(mask)
-    if tuple(m.shape) != shape:
-        raise ArgumentError(f"Linear: 'w_mask' has shape {tuple(m.shape)}, expected {shape} (in, out)")
+    if tuple(np.shape(mask)) != shape:
+        raise ArgumentError(f"Linear: 'w_mask' has shape {tuple(np.shape(mask))}, expected {shape} (in, out)")
+    try:
+        m = jnp.asarray(mask)
+    except TypeError:
+        m = None
+    if m is None or not (m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.number)):
+        got = np.asarray(mask).dtype if m is None else m.dtype
+        raise ArgumentError(f"Linear: 'w_mask' must be a 0/1 or bool array of shape {shape}, got dtype {got}")
     return m
 
 

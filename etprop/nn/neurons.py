@@ -46,7 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from etprop import operators as ops
+from etprop.errors import ArgumentError
 from etprop.nn import signatures
+from etprop.nn._errors import ArgumentTypeError, SettingMissingError
 from etprop.nn.surrogate import FastSigmoid, Surrogate
 
 __all__ = ["IF", "LIF", "ALIF", "GIF"]
@@ -56,12 +58,18 @@ __all__ = ["IF", "LIF", "ALIF", "GIF"]
 
 def to_size(in_size) -> tuple[int, ...]:
     """``int`` or sequence of ints -> a shape tuple."""
-    if isinstance(in_size, (int, np.integer)):
-        return (int(in_size),)
-    size = tuple(int(n) for n in in_size)
+    if isinstance(in_size, (int, np.integer)) and not isinstance(in_size, bool):
+        size = (int(in_size),)
+    else:
+        try:
+            size = tuple(in_size)
+        except TypeError:
+            size = None
+        if size is not None and not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in size):
+            size = None
     if not size or any(n < 1 for n in size):
-        raise ValueError(f"a size must be a positive int or a tuple of them, got {in_size!r}")
-    return size
+        raise ArgumentError(f"a size (in_size / out_size) must be a positive int or a tuple of them, got {in_size!r}")
+    return tuple(int(n) for n in size)
 
 
 def get_dt():
@@ -69,7 +77,7 @@ def get_dt():
     try:
         return brainstate.environ.get_dt()
     except KeyError:
-        raise KeyError("etprop.nn: the time step is not set; call brainstate.environ.set(dt=0.1 * u.ms) "
+        raise SettingMissingError("etprop.nn: the time step is not set; call brainstate.environ.set(dt=0.1 * u.ms) "
                        "(or use `with brainstate.environ.context(dt=...)`) before building and running "
                        "the model") from None
 
@@ -80,7 +88,7 @@ def dt_over(tau, dt=None):
     r = dt / tau
     if isinstance(r, u.Quantity):
         if not r.unit.has_same_dim(u.UNITLESS):
-            raise ValueError(f"dt / tau must be dimensionless, got dt={dt!r} and tau={tau!r}: give both in time "
+            raise ArgumentError(f"dt / tau must be dimensionless, got dt={dt!r} and tau={tau!r}: give both in time "
                              f"units (dt=0.1 * u.ms, tau=20 * u.ms) or both as plain numbers")
         r = r.to_decimal()
     return r if isinstance(r, jax.Array) else np.asarray(r)
@@ -103,13 +111,13 @@ def in_unit(value, unit, name: str):
     """
     if isinstance(value, u.Quantity):
         if not value.unit.has_same_dim(unit):
-            raise ValueError(f"{name}={value!r} must have the dimension of {unit}")
+            raise ArgumentError(f"{name}={value!r} must have the dimension of {unit}")
         return value.in_unit(unit) if not unit.is_unitless else jnp.asarray(value.to_decimal())
     if unit.is_unitless:
         return jnp.asarray(value, dtype=jnp.result_type(float))
     if np.all(np.asarray(value) == 0):
         return jnp.asarray(value, dtype=jnp.result_type(float)) * unit
-    raise ValueError(f"{name}={value!r} has no unit but must be in units of {unit} (e.g. {value} * {unit})")
+    raise ArgumentError(f"{name}={value!r} has no unit but must be in units of {unit} (e.g. {value} * {unit})")
 
 
 def filled(shape, value):
@@ -184,15 +192,16 @@ class _Neuron(brainstate.nn.Module):
         self.R = R
         self.v_scale = (self.V_th - self.V_reset) if v_scale is None else in_unit(v_scale, self.v_unit, "v_scale")
         if np.any(np.asarray(u.get_mantissa(self.v_scale)) == 0):
-            raise ValueError("v_scale (default V_th - V_reset) must be nonzero; pass v_scale=... explicitly")
+            raise ArgumentError(f"v_scale (default V_th - V_reset) must be nonzero, got V_th={V_th!r}, "
+                                f"V_reset={V_reset!r}, v_scale={v_scale!r}; pass v_scale=... explicitly")
         if reset not in ("subtract", "zero"):
-            raise ValueError(f"reset must be 'subtract' (v -= s (V_th - V_reset)) or 'zero' (v <- V_reset), "
+            raise ArgumentError(f"reset must be 'subtract' (v -= s (V_th - V_reset)) or 'zero' (v <- V_reset), "
                              f"got {reset!r}")
         self.reset = reset
         self.detach_reset = bool(detach_reset)
         self.spike_fn = FastSigmoid(10.0) if spike_fn is None else spike_fn
         if not callable(self.spike_fn):
-            raise TypeError(f"spike_fn must be callable (e.g. etprop.nn.surrogate.FastSigmoid(10.)), "
+            raise ArgumentTypeError(f"spike_fn must be callable (e.g. etprop.nn.surrogate.FastSigmoid(10.)), "
                             f"got {spike_fn!r}")
         self._tau = TimeConstant(self, "tau", tau, self.varshape, train_tau)
 
@@ -222,7 +231,7 @@ class _Neuron(brainstate.nn.Module):
         d = self.R * x
         du = unit_of(d)
         if not du.has_same_dim(self.v_unit):
-            raise ValueError(f"{type(self).__name__}: R * x has unit {du} but the membrane potential is in "
+            raise ArgumentError(f"{type(self).__name__}: R * x has unit {du} but the membrane potential is in "
                              f"{self.v_unit}; give x as a current with R in ohm-like units (x in pA, R in "
                              f"Mohm) or x directly in {self.v_unit}. (A port of brainpy.state's "
                              f"{type(self).__name__} with its defaults, as braintrace.nn forwards it: write "

@@ -45,7 +45,7 @@ def init_weight(w_init, shape, *, seed=None, scale: float = 1.0):
         w = w_init
     w = jnp.asarray(u.get_mantissa(w), dtype=jnp.result_type(float))
     if tuple(w.shape) != shape:
-        raise ValueError(f"weight has shape {tuple(w.shape)}, expected {shape}")
+        raise ArgumentError(f"the initial weight (w_init) has shape {tuple(w.shape)}, expected {shape} (in, out)")
     return w
 
 
@@ -93,7 +93,7 @@ class LeakyRateReadout(brainstate.nn.Module):
         self.in_size = to_size(in_size)
         self.out_size = to_size(out_size)
         if len(self.in_size) != 1 or len(self.out_size) != 1:
-            raise ValueError("LeakyRateReadout takes int in_size and out_size")
+            raise ArgumentError(f"LeakyRateReadout takes int in_size and out_size, got {in_size!r}, {out_size!r}")
         self.varshape = self.out_size
         w = init_weight(w_init, self.in_size + self.out_size, seed=seed)
         if bias:
@@ -172,7 +172,7 @@ class LeakySpikeReadout(LIF):
         super().__init__(out_size, tau=tau, **kwargs)
         self.in_size = to_size(in_size)
         if len(self.in_size) != 1 or len(self.varshape) != 1:
-            raise ValueError("LeakySpikeReadout takes int in_size and out_size")
+            raise ArgumentError(f"LeakySpikeReadout takes int in_size and out_size, got {in_size!r}, {out_size!r}")
         self.weight = brainstate.ParamState(init_weight(w_init, self.in_size + self.varshape, seed=seed))
 
     def update(self, x):

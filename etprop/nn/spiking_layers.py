@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from etprop import operators as ops
+from etprop.errors import ArgumentError
 from etprop.nn.neurons import ALIF, GIF, IF, LIF, _Neuron, batch_shape, filled
 from etprop.nn.readout import init_weight
 
@@ -76,18 +77,21 @@ class SpikingRecurrentLayer(brainstate.nn.Module):
                  self_connections: bool = False, w_in_init=None, w_rec_init=None, in_scale: float = 1.0,
                  rec_scale: float = 1.0, seed=None, name=None, **neuron_kwargs):
         super().__init__(name=name)
+        for what, v in (("n_in", n_in), ("n_rec", n_rec)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ArgumentError(f"SpikingRecurrentLayer: '{what}' must be a positive int, got {v!r}")
         self.n_in, self.n_rec = int(n_in), int(n_rec)
         self.in_size, self.out_size = (self.n_in,), (self.n_rec,)
         self.varshape = self.out_size
         if isinstance(neuron, str):
             if neuron.lower() not in _NEURONS:
-                raise ValueError(f"neuron must be one of {sorted(_NEURONS)} or a neuron module, got {neuron!r}")
+                raise ArgumentError(f"neuron must be one of {sorted(_NEURONS)} or a neuron module, got {neuron!r}")
             self.neuron = _NEURONS[neuron.lower()](self.n_rec, **neuron_kwargs)
         else:
             if neuron_kwargs:
-                raise ValueError("neuron_kwargs apply only when neuron is given by name")
+                raise ArgumentError("neuron_kwargs apply only when neuron is given by name")
             if not isinstance(neuron, _Neuron) or tuple(neuron.varshape) != (self.n_rec,):
-                raise ValueError(f"neuron must be an etprop.nn neuron of shape ({self.n_rec},), got {neuron!r}")
+                raise ArgumentError(f"neuron must be an etprop.nn neuron of shape ({self.n_rec},), got {neuron!r}")
             self.neuron = neuron
         k_in = k_rec = None
         if seed is not None:
@@ -102,7 +106,7 @@ class SpikingRecurrentLayer(brainstate.nn.Module):
         self.dale = dale
         if dale is not None:
             if not 0.0 <= float(dale) <= 1.0:
-                raise ValueError(f"dale is the fraction of excitatory neurons, in [0, 1]; got {dale!r}")
+                raise ArgumentError(f"dale is the fraction of excitatory neurons, in [0, 1]; got {dale!r}")
             n_exc = int(round(float(dale) * self.n_rec))
             sign = np.where(np.arange(self.n_rec) < n_exc, 1.0, -1.0)
             self.n_exc = n_exc

@@ -40,6 +40,9 @@ import brainunit as u
 import jax
 import jax.numpy as jnp
 
+from etprop.errors import ArgumentError
+from etprop.nn._errors import ArgumentTypeError
+
 __all__ = ["Surrogate", "Sigmoid", "FastSigmoid", "Triangle", "Arctan", "ReluGrad",
            "sigmoid", "fast_sigmoid", "triangle", "arctan", "heaviside"]
 
@@ -48,7 +51,7 @@ def _plain(x):
     """A dimensionless quantity or array -> array; a unit -> ValueError."""
     if isinstance(x, u.Quantity):
         if not x.is_unitless:
-            raise ValueError(f"a surrogate spike function needs a dimensionless input (e.g. (v - V_th) / "
+            raise ArgumentError(f"a surrogate spike function needs a dimensionless input (e.g. (v - V_th) / "
                              f"(V_th - V_reset)), got a quantity in {x.unit}")
         x = x.to_decimal()
     x = jnp.asarray(x)
@@ -91,7 +94,7 @@ class Surrogate:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise TypeError(f"{type(self).__name__}.{f.name} must be a Python float, got {v!r}")
+                raise ArgumentTypeError(f"{type(self).__name__}.{f.name} must be a Python float, got {v!r}")
             object.__setattr__(self, f.name, float(v))
 
     def __call__(self, x):

@@ -25,7 +25,9 @@ import brainstate
 import brainunit as u
 import jax.numpy as jnp
 
+from etprop.errors import ArgumentError
 from etprop.nn import signatures
+from etprop.nn._errors import ArgumentTypeError
 from etprop.nn.neurons import TimeConstant, batch_shape, dt_over, filled, in_unit, to_size
 
 __all__ = ["Expon", "Alpha", "DualExpon"]
@@ -52,7 +54,7 @@ class _Synapse(brainstate.nn.Module):
         self.varshape = self.in_size
         self.unit = u.UNITLESS if unit is None else unit
         if not isinstance(self.unit, u.Unit):
-            raise TypeError(f"unit must be a brainunit Unit (e.g. u.nS), got {unit!r}")
+            raise ArgumentTypeError(f"unit must be a brainunit Unit (e.g. u.nS), got {unit!r}")
 
     def _zero(self, batch_size):
         z = 0.0 if self.unit.is_unitless else 0.0 * self.unit
@@ -201,7 +203,7 @@ class DualExpon(_Synapse):
             ratio = dt_over(tau_rise, tau_decay)  # tau_decay / tau_rise
             ratio = float(jnp.max(jnp.asarray(ratio)))
             if ratio <= 1.0:
-                raise ValueError(f"DualExpon needs tau_rise < tau_decay, got tau_rise={tau_rise!r}, "
+                raise ArgumentError(f"DualExpon needs tau_rise < tau_decay, got tau_rise={tau_rise!r}, "
                                  f"tau_decay={tau_decay!r}")
             # peak of e^{-t/td} - e^{-t/tr} at t* = td tr / (td - tr) ln(td / tr); in units of tr: k = td/tr
             tp = ratio / (ratio - 1.0) * math.log(ratio)

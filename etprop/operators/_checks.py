@@ -31,26 +31,33 @@ def check_shape(op: str, name: str, a, want: tuple[int, ...]) -> None:
         raise OperandError(f"{op}: '{name}' has shape {shape_of(a)}, expected {tuple(want)}")
 
 
-def dtype_of(a):
+def dtype_of(a, op: str = "", name: str = ""):
+    """The dtype of an array or quantity; anything else (a list, strings) is an `OperandError`."""
     m = getattr(a, "mantissa", a)
-    return jnp.result_type(m)
+    try:
+        return jnp.result_type(m)
+    except TypeError:
+        where = f"{op}: '{name}'" if op else "an operand"
+        kind = f"dtype {np.asarray(m).dtype}" if isinstance(m, np.ndarray) else f"type {type(m).__name__}"
+        raise OperandError(f"{where} must be a numeric JAX/NumPy array or brainunit quantity, got {kind}; "
+                           f"convert it, e.g. jnp.asarray(x, jnp.float32)") from None
 
 
 def check_float(op: str, name: str, a) -> None:
-    dt = dtype_of(a)
+    dt = dtype_of(a, op, name)
     if not jnp.issubdtype(dt, jnp.inexact):
         raise OperandError(f"{op}: trainable '{name}' must be a floating-point array, got dtype {dt}; "
                            f"cast it, e.g. jnp.asarray(w, jnp.float32)")
 
 
 def check_numeric(op: str, name: str, a) -> None:
-    dt = dtype_of(a)
+    dt = dtype_of(a, op, name)
     if not (jnp.issubdtype(dt, jnp.number) or dt == jnp.bool_):
-        raise OperandError(f"{op}: '{name}' must be numeric, got dtype {dt}")
+        raise OperandError(f"{op}: '{name}' must be numeric, got dtype {dt}; cast it, e.g. x.astype(jnp.float32)")
 
 
 def check_int(op: str, name: str, a) -> None:
-    dt = dtype_of(a)
+    dt = dtype_of(a, op, name)
     if not jnp.issubdtype(dt, jnp.integer):
         raise OperandError(f"{op}: '{name}' must be an integer array of indices, got dtype {dt}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from etprop.errors import OperandError
@@ -67,12 +68,23 @@ CONV = register_primitive(ETPPrimitive("conv", _forward, param_names=("kernel", 
 def _tuple(v, n: int, name: str) -> tuple[int, ...] | None:
     if v is None:
         return None
-    if isinstance(v, int):
-        return (v,) * n
-    v = tuple(int(i) for i in v)
+    given = v
+    try:
+        v = (int(v),) * n if isinstance(v, (int, np.integer)) else tuple(int(i) for i in v)
+    except (TypeError, ValueError):
+        raise OperandError(f"conv: '{name}' must be a positive int or a tuple of {n}, got {given!r}") from None
     if len(v) != n:
         raise OperandError(f"conv: '{name}' must have {n} entries for a {n}-D convolution, got {v}")
+    if any(i < 1 for i in v):
+        raise OperandError(f"conv: '{name}' must be positive, got {given!r}; expected a positive int or a "
+                           f"tuple of {n}")
     return v
+
+
+def _group_count(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise OperandError(f"conv: '{name}' must be a positive int, got {v!r}")
+    return int(v)
 
 
 def conv(x, kernel, bias=None, *, strides: int | Sequence[int] = 1, padding: str | Sequence = "SAME",
@@ -105,6 +117,13 @@ def conv(x, kernel, bias=None, *, strides: int | Sequence[int] = 1, padding: str
         lax.conv_general_permutations(dn)
     except (TypeError, ValueError) as e:
         raise OperandError(f"conv: invalid 'dimension_numbers' {dn}: {e}") from None
+    fgc = _group_count(feature_group_count, "feature_group_count")
+    bgc = _group_count(batch_group_count, "batch_group_count")
+    n_out = C.shape_of(kernel)[dn[1].index("O")]
+    for name, g in (("feature_group_count", fgc), ("batch_group_count", bgc)):
+        if n_out % g:
+            raise OperandError(f"conv: 'kernel' {C.shape_of(kernel)} has {n_out} output channels, which is not a "
+                               f"multiple of {name}={g}; expected a kernel whose output channels divide by it")
     x_rank = len(C.shape_of(x))
     if x_rank not in (n + 1, n + 2):
         raise OperandError(f"conv: 'x' has shape {C.shape_of(x)}; a {n}-D convolution expects rank {n + 1} "
@@ -125,5 +144,5 @@ def conv(x, kernel, bias=None, *, strides: int | Sequence[int] = 1, padding: str
         x, {"kernel": kernel, "bias": bias}, fns={"kernel": kernel_fn, "bias": bias_fn},
         strides=_tuple(strides, n, "strides"), padding=pad,
         lhs_dilation=_tuple(lhs_dilation, n, "lhs_dilation"), rhs_dilation=_tuple(rhs_dilation, n, "rhs_dilation"),
-        feature_group_count=int(feature_group_count), batch_group_count=int(batch_group_count),
+        feature_group_count=fgc, batch_group_count=bgc,
         dimension_numbers=dn, batched=x_rank == n + 2)

@@ -99,7 +99,9 @@ def _grouped_validate(x, params, aux, config):
     C.check_numeric("grouped_matmul", "x", x)
     C.check_params_float("grouped_matmul", params)
     g, i, o = C.shape_of(w)
-    C.check_shape("grouped_matmul", "x", x, C.shape_of(x)[:-2] + (g, i))
+    if C.shape_of(x)[-2:] != (g, i):
+        raise OperandError(f"grouped_matmul: 'x' has shape {C.shape_of(x)}, expected {C.shape_of(x)[:-2] + (g, i)} "
+                           f"(groups, in) to match 'weight' {C.shape_of(w)} (groups, in, out)")
     C.check_bias("grouped_matmul", params.get("bias"), (g, o))
 
 

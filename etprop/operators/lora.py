@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from etprop.errors import OperandError
 from etprop.operators import _checks as C
 from etprop.primitive import ETPPrimitive, register_primitive
 
@@ -22,8 +23,10 @@ def _validate(x, params, aux, config):
     C.check_rank("lora_matmul", "A", A, (2,), "(rank, out)")
     C.check_numeric("lora_matmul", "x", x)
     C.check_params_float("lora_matmul", params)
-    C.check_dim("lora_matmul", "x", C.shape_of(x)[-1], C.shape_of(B)[0], "last dimension (in)")
-    C.check_dim("lora_matmul", "A", C.shape_of(A)[0], C.shape_of(B)[1], "first dimension (rank)")
+    C.check_dim("lora_matmul", "x", C.shape_of(x)[-1], C.shape_of(B)[0], "last dimension (in)",
+                shapes={"x": x, "B": B})
+    C.check_dim("lora_matmul", "A", C.shape_of(A)[0], C.shape_of(B)[1], "first dimension (rank)",
+                shapes={"B": B, "A": A})
     C.check_bias("lora_matmul", params.get("bias"), C.shape_of(A)[1:])
 
 
@@ -57,5 +60,9 @@ def lora_matmul(x, B, A, *, alpha: float = 1.0, bias=None, b_fn=None, a_fn=None,
         >>> y.shape, round(float(y[0, 0]), 4)                 # 0.5 * 6 * 2 * 0.1
         ((2, 5), 0.6)
     """
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        raise OperandError(f"lora_matmul: 'alpha' must be a number (a static scale), got {alpha!r}") from None
     return LORA_MATMUL.bind(x, {"B": B, "A": A, "bias": bias},
-                            fns={"B": b_fn, "A": a_fn, "bias": bias_fn}, alpha=float(alpha))
+                            fns={"B": b_fn, "A": a_fn, "bias": bias_fn}, alpha=alpha)

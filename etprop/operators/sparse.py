@@ -44,7 +44,9 @@ def _validate(x, params, aux, config):
     C.check_numeric("sparse_matmul", "x", x)
     C.check_params_float("sparse_matmul", params)
     C.check_shape("sparse_matmul", "weight", w, (nse,))
-    C.check_dim("sparse_matmul", "x", C.shape_of(x)[-1], shape[0], "last dimension (in)")
+    if C.shape_of(x)[-1] != shape[0]:
+        raise OperandError(f"sparse_matmul: last dimension (in) of 'x' is {C.shape_of(x)[-1]}, expected {shape[0]} "
+                           f"('x' {C.shape_of(x)}, 'sparse_mat' {tuple(shape)})")
     C.check_bias("sparse_matmul", params.get("bias"), (shape[1],))
 
 

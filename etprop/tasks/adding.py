@@ -50,6 +50,7 @@ class Adding(Task):
         return 1.0 / 6.0
 
     def batch(self, key: jax.Array, batch_size: int) -> Batch:
+        batch_size = self._check_batch_size(batch_size)
         T, B, half = self.length, batch_size, self.length // 2
         k_val, k_first, k_second = jax.random.split(key, 3)
         values = jax.random.uniform(k_val, (T, B), jnp.float32)

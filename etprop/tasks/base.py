@@ -137,6 +137,20 @@ class Task:
     def _validate(self) -> None:
         """Check relations between parameters; raise `ArgumentError` naming the bad one."""
 
+    def _check_batch_size(self, batch_size) -> int:
+        """``batch_size`` of `batch`, a positive Python int (static under jit), or `ArgumentError`."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ArgumentError(f"task {self.name!r}: batch_size must be a positive int (static under jit: "
+                                f"jax.jit(task.batch, static_argnums=1)), got {batch_size!r}")
+        return int(batch_size)
+
+    def _check_outs(self, outs, batch: "Batch", where: str) -> None:
+        """``outs`` must be ``(T, B, n_out)`` for ``batch`` (static shapes: also under jit)."""
+        want = (batch.n_steps, batch.batch_size, self.n_out)
+        if tuple(np.shape(outs)) != want:
+            raise ArgumentError(f"task {self.name!r}: {where}(outs, batch) needs outs of shape (T, B, n_out) = "
+                                f"{want}, got {tuple(np.shape(outs))}")
+
     def _check_prob(self, key: str) -> None:
         """A Poisson rate must give at most one spike per step of ``self.dt`` (ms, > 0)."""
         if self.dt <= 0:
@@ -220,6 +234,7 @@ class Task:
         Returns:
             Scalar: ``sum_t mask_t mean_b step_loss / sum_t mask_t``.
         """
+        self._check_outs(outs, batch, "loss")
         per_step = jax.vmap(jax.vmap(self.step_loss))(outs, batch.targets)  # (T, B)
         return jnp.sum(batch.mask * jnp.mean(per_step, axis=1)) / jnp.sum(batch.mask)
 
@@ -232,6 +247,7 @@ class Task:
         divided by `target_variance`; predicting the targets' mean scores about 0 (`chance`),
         worse predictions score below 0.
         """
+        self._check_outs(outs, batch, "accuracy")
         weight = batch.mask[:, None] / (jnp.sum(batch.mask) * outs.shape[1])  # (T, 1)
         if self.kind == "classification":
             hit = (jnp.argmax(outs, axis=-1) == batch.targets).astype(jnp.float32)

@@ -53,6 +53,7 @@ class Copying(Task):
         return 1.0 / self.n_symbols
 
     def batch(self, key: jax.Array, batch_size: int) -> Batch:
+        batch_size = self._check_batch_size(batch_size)
         L, D, S = self.length, self.delay, self.n_symbols
         symbols = jax.random.randint(key, (L, batch_size), 0, S, dtype=jnp.int32)   # (L, B)
         shown = jax.nn.one_hot(symbols, S + 1, dtype=jnp.float32)                  # go channel 0

@@ -67,6 +67,7 @@ class DMS(Task):
                 t >= self.n_steps - self.recall_steps)
 
     def batch(self, key: jax.Array, batch_size: int) -> Batch:
+        batch_size = self._check_batch_size(batch_size)
         S, B = self.n_stimuli, batch_size
         k_sample, k_match, k_other, k_spike = jax.random.split(key, 4)
         sample = jax.random.randint(k_sample, (B,), 0, S, dtype=jnp.int32)

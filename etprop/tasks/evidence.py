@@ -72,6 +72,7 @@ class Evidence(Task):
         return (np.arange(self.n_steps) >= self.n_steps - self.recall_steps).astype(np.float32)
 
     def batch(self, key: jax.Array, batch_size: int) -> Batch:
+        batch_size = self._check_batch_size(batch_size)
         k_side, k_spike = jax.random.split(key)
         sides = jax.random.bernoulli(k_side, 0.5, (batch_size, self.n_cues)).astype(jnp.int32)  # 1 = right
         label = (2 * jnp.sum(sides, axis=1) > self.n_cues).astype(jnp.int32)                     # (B,)

@@ -86,6 +86,7 @@ class Pattern(Task):
         return float(np.sum(np.var(self._targets.astype(np.float64), axis=(0, 1))))
 
     def batch(self, key: jax.Array, batch_size: int) -> Batch:
+        batch_size = self._check_batch_size(batch_size)
         if self.n_patterns == 1:
             which = jnp.zeros(batch_size, jnp.int32)
         else:

@@ -65,7 +65,7 @@ def test_modulator_is_traced_not_frozen(x64):
     tf.reset()
     mu = jnp.zeros((T, 6)).at[:, 2].set(1.0)  # only unit 2 learns
     g3, _ = tf.etrace_grad(xs, modulator=mu)
-    fns = [f for k, f in tf._jit_cache.items() if k[0] == "three"]
+    fns = [f for _, f in tf._jit_cache.items()]  # the one sequence driver of every trace learner
     assert len(fns) == 1 and fns[0]._cache_size() == 2  # one trace per modulator shape, none per value
     np.testing.assert_allclose(g2["w"], -3.0 * g1["w"], rtol=1e-12)
     assert float(jnp.max(jnp.abs(g3["w"][:, 2]))) > 0
