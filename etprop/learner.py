@@ -10,6 +10,7 @@ import numpy as np
 
 from etprop.algorithms.base import OnlineAlgorithm
 from etprop.algorithms.etrace import TraceLearner
+from etprop.algorithms.placement import make_placement
 from etprop.algorithms.rules import RuleConfig, resolve
 from etprop.errors import ArgumentError
 
@@ -18,7 +19,8 @@ __all__ = ["compile"]
 
 def compile(model, algorithm, *example_inputs, batch_size: int | None = None, seed: int | None = None,
             verbose: int = 0, vmap: bool = False, cross_shape: str = "error", check_finite: bool = True,
-            trace_dtype=None, **options) -> OnlineAlgorithm:
+            trace_dtype=None, mesh=None, batch_axis: str | None = None, trace_axis: str | None = None,
+            **options) -> OnlineAlgorithm:
     """Build the learner ``algorithm`` for ``model`` and compile it on ``example_inputs``.
 
     Args:
@@ -53,6 +55,11 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
         ``jnp.float16`` halve trace memory against float32); every trace update and gradient is
         still computed in the model's dtype. None (default): the model's dtype. For the learners
         on per-relation traces (D-RTRL, ES-D-RTRL, hybrid, e-prop, OSTL, three-factor).
+      mesh: a `jax.sharding.Mesh` to train data-parallel on (`etprop.algorithms.placement`):
+        hidden states, traces and inputs split on ``batch_axis`` (default the mesh's first axis;
+        ``batch_size`` must divide over it), parameters replicated, gradients reduced by XLA's
+        collectives. ``trace_axis``: another mesh axis that also splits D-RTRL's per-parameter
+        traces along each weight's output axis (for traces too big for one device).
       **options: algorithm options, e.g. ``decay_or_rank=0.9``.
 
     Example::
@@ -94,7 +101,10 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
     learner.cross_shape = cross_shape
     learner.check_finite = bool(check_finite)
     learner.trace_dtype = _check_trace_dtype(trace_dtype, learner)
+    placement = make_placement(mesh, batch_axis, trace_axis, batch_size)
     learner.compile_graph(*example_inputs, batch_size=batch_size)
+    if placement is not None:
+        learner.place(placement)
     if verbose:
         print(learner.report())
     return learner
@@ -134,7 +144,7 @@ def _check_options(cls, options: dict) -> None:
     if unknown:
         raise ArgumentError(f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; its options are "
                             f"{accepted or 'none'} (etprop.compile's own: batch_size, seed, verbose, vmap, "
-                            f"cross_shape, check_finite, trace_dtype, vjp_method)")
+                            f"cross_shape, check_finite, trace_dtype, mesh, batch_axis, trace_axis, vjp_method)")
 
 
 # learners that draw random numbers: the option that takes compile's seed

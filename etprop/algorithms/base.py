@@ -88,6 +88,8 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
     #: trace_dtype=jnp.bfloat16)``), or None: the wider of each weight's and its hidden group's
     #: dtypes. Rules always compute in the wider dtype; only storage is narrowed.
     trace_dtype = None
+    #: where the arrays live on a device mesh (`etprop.algorithms.placement`), or None: one device
+    placement = None
 
     def __init__(self, model):
         super().__init__()
@@ -136,6 +138,38 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
         warnings.warn(f"etprop: {type(self).__name__} drops the dependence {where} between hidden states of "
                       f"different shapes from its traces (an approximation; compare with etprop.BPTT)",
                       stacklevel=4)
+
+    def place(self, placement) -> None:
+        """Put hidden states and traces on ``placement``'s batch axis and parameters replicated;
+        the drivers keep them there (`put_inputs`, `constrain_carry`)."""
+        self._require_graph()
+        self.placement = placement
+        mf = self.graph.mf
+        params, hidden, others = mf.values()
+        self._state_sh = placement.state_shardings(hidden, others, mf.batched_other)
+        self._trace_sh = placement.trace_shardings(self.etrace.value, [r.kind == "param" for r in self._rules])
+        for st, v in zip(mf.param_states, params):
+            st.value = placement.constrain(v, jax.tree.map(lambda _: placement.replicated(), v))
+        hidden, others, traces = self.constrain_carry(hidden, others, self.etrace.value)
+        mf.write(hidden, others)
+        self.etrace.value = traces
+        self._hidden0 = hidden
+
+    def constrain_carry(self, hidden, others, traces):
+        """Hidden states, other states and traces on their placements (unchanged without one)."""
+        pl = self.placement
+        if pl is None:
+            return hidden, others, traces
+        hs, os_ = self._state_sh
+        hidden = tuple(pl.constrain(h, s) for h, s in zip(hidden, hs))
+        others = tuple(pl.constrain(o, s) for o, s in zip(others, os_))
+        if jax.tree.structure(traces) == jax.tree.structure(self._trace_sh):
+            traces = pl.constrain(traces, self._trace_sh)
+        return hidden, others, traces
+
+    def put_inputs(self, tree, lead: int = 0):
+        """Inputs or targets split on the placement's batch axis (axis ``lead``; 1 for sequences)."""
+        return tree if self.placement is None else self.placement.put(tree, lead)
 
     def _require_graph(self):
         if self.graph is None:
@@ -486,11 +520,13 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
         multi = isinstance(inputs, MultiStepData)
         args = as_args(inputs, multi=multi)
         self._check_args(args, multi)
+        args = self.put_inputs(args, 1 if multi else 0)
         seq = args if multi else jax.tree.map(lambda a: jnp.expand_dims(a, 0), args)
         mf = self.graph.mf
         params, hidden, others = mf.values()
         params = dict(zip(mf.param_names, params))
         out, h2, o2, tr2 = call_window(self, params, hidden, others, self.etrace.value, seq)  # + finite checks
+        h2, o2, tr2 = self.constrain_carry(h2, o2, tr2)
         mf.write(h2, o2)
         self.etrace.value = tr2
         return out if multi else jax.tree.map(lambda a: a[0], out)

@@ -92,6 +92,7 @@ class SequenceDrivers:
                                       has_aux, return_value)
             if fast is not None:
                 return fast
+            sequences = self.put_inputs(tuple(sequences), 1)
             return step_fn_grad(self.model, self._jit_cache, self.check_finite, sequences, step_fn, mask=mask,
                                 chunk_size=chunk_size, weights=weights, reduction=reduction, loss_output=loss_output,
                                 has_aux=has_aux, return_value=return_value)
@@ -210,6 +211,7 @@ class SequenceDrivers:
         params = dict(zip(mf.param_names, params))
         check = self.check_finite
         fn = self._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
+        args, ys = self.put_inputs(args, 1), self.put_inputs(ys, 1)
         start = (params, hidden, others, self.etrace.value, args, ys, mask, modulator)
         res = fn(*start)
         acc, losses, hidden, others, traces = res[:5]
@@ -393,6 +395,7 @@ class SequenceDrivers:
                     p_leaves, p_tree = jax.tree.flatten(self.param_tuple(p))
                     (ls, out, h2, o2, tr2), g_leaves = self.window_grads(p_leaves, p_tree, h, o, tr, a, y, m, mod,
                                                                          step_loss, "window")
+                    h2, o2, tr2 = self.constrain_carry(h2, o2, tr2)
                     row = None
                     if check:  # the parameters this step used, and what it computed from them
                         row = self._scan_row(a, finite.flags(p_leaves), h2, tr2, out, ls, g_leaves)
@@ -407,6 +410,7 @@ class SequenceDrivers:
             fn = self._jit_cache[key] = jax.jit(run)
         mf = self.graph.mf
         _, hidden, others = mf.values()
+        args, ys = self.put_inputs(args, 1), self.put_inputs(ys, 1)
         (params, opt_state, hidden, others, traces), losses, summary = fn(params, opt_state, hidden, others,
                                                                           self.etrace.value, args, ys, mask,
                                                                           modulator)
@@ -477,6 +481,7 @@ class SequenceDrivers:
                 h, o, tr, acc = carry
                 a, y, m, md = (take(v, start, size) for v in (args, ys, mask, mods))
                 (ls, out, h2, o2, tr2), g = self.window_grads(p_leaves, p_tree, h, o, tr, a, y, m, md, loss, mode)
+                h2, o2, tr2 = self.constrain_carry(h2, o2, tr2)  # placements hold across windows
                 acc = [x + gi for x, gi in zip(acc, g)]
                 # the running sum turns non-finite at the first non-finite gradient; checking it lets
                 # XLA fuse the check into the add
