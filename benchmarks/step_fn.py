@@ -33,7 +33,8 @@ import etprop
 from benchmarks.models import make_model, mse
 
 
-def _time(call, repeats):
+def median_time(call, repeats) -> float:
+    """Median seconds of ``repeats`` calls of ``call`` after one call that compiles and warms up."""
     jax.block_until_ready(call())  # compile and warm up
     out = []
     for _ in range(repeats):
@@ -50,18 +51,18 @@ def measure(hidden=256, batch=16, T=100, repeats=5, n_in=16, n_out=4):
     rows = {}
     bptt = etprop.compile(make_model("gru", n_in, hidden, n_out, batch_size=batch), etprop.BPTT, xs[0],
                           batch_size=batch)
-    rows["BPTT (loss_fn)"] = _time(lambda: bptt.etrace_grad(xs, ys, mse)[1], repeats)
+    rows["BPTT (loss_fn)"] = median_time(lambda: bptt.etrace_grad(xs, ys, mse)[1], repeats)
     for name, algo in (("D-RTRL", etprop.D_RTRL), ("ES-D-RTRL", etprop.ES_D_RTRL)):
         learner = etprop.compile(make_model("gru", n_in, hidden, n_out, batch_size=batch), algo, xs[0],
                                  batch_size=batch)
-        rows[f"{name} loss_fn"] = _time(lambda: learner.etrace_grad(xs, ys, mse)[1], repeats)
+        rows[f"{name} loss_fn"] = median_time(lambda: learner.etrace_grad(xs, ys, mse)[1], repeats)
 
         def reused(x, y, learner=learner):
             return jnp.mean(jax.vmap(mse)(learner(x), y))
 
-        rows[f"{name} step_fn reused"] = _time(
+        rows[f"{name} step_fn reused"] = median_time(
             lambda: learner.etrace_grad(xs, ys, step_fn=reused, return_value=True)[1], repeats)
-        rows[f"{name} step_fn fresh lambda"] = _time(
+        rows[f"{name} step_fn fresh lambda"] = median_time(
             lambda: learner.etrace_grad(xs, ys, step_fn=lambda x, y: jnp.mean(jax.vmap(mse)(learner(x), y)),
                                         return_value=True)[1], repeats)
         hidden_state = list(learner.model.states(brainstate.HiddenState).values())[0]
@@ -69,7 +70,7 @@ def measure(hidden=256, batch=16, T=100, repeats=5, n_in=16, n_out=4):
         def reads_state(x, y, learner=learner):  # a regulariser on the model's state: the per-step path
             return jnp.mean(jax.vmap(mse)(learner(x), y)) + 0.0 * jnp.mean(hidden_state.value)
 
-        rows[f"{name} step_fn per-step path"] = _time(
+        rows[f"{name} step_fn per-step path"] = median_time(
             lambda: learner.etrace_grad(xs, ys, step_fn=reads_state, return_value=True)[1], repeats)
         assert learner.step_fn_path.startswith("per-step")
     return rows

@@ -77,7 +77,7 @@ def _algo_name(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from etprop.experiment.models import MODELS
-    from etprop.experiment.runner import ALGOS, TrainConfig
+    from etprop.experiment.runner import ALGOS, LR_FLOOR, SCHEDULES, TrainConfig
     from etprop.tasks import TASKS
 
     d = TrainConfig()
@@ -102,9 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay", type=_decay, default=None,
                    help="ES-D-RTRL / hybrid trace decay in (0, 1) (default: the algorithm's, 0.9)")
     p.add_argument("--clip", type=_positive_float, default=d.clip, help=f"gradient-norm clip (default {d.clip})")
+    floor = f"--lr/{round(1 / LR_FLOOR)}"
+    p.add_argument("--schedule", choices=list(SCHEDULES), default=d.schedule,
+                   help=f"learning rate: 'constant' (--lr throughout) or 'cosine' (half a cosine from --lr down "
+                        f"to {floor} over --schedule-steps updates, then {floor}; default {d.schedule})")
+    p.add_argument("--schedule-steps", type=_positive_int, default=d.schedule_steps,
+                   help=f"updates over which --schedule cosine decays the learning rate (default "
+                        f"{d.schedule_steps}; fixed, so that --resume --steps extends a run exactly)")
     p.add_argument("--eval-every", type=_nonneg_int, default=d.eval_every,
                    help=f"measure the cosine of the online gradient to BPTT every N updates, 0 for never "
                         f"(default {d.eval_every})")
+    p.add_argument("--devices", type=_positive_int, default=None,
+                   help="train data parallel on N devices: the batch is split over them, the gradient reduced "
+                        "by XLA (on a CPU, N host devices are made; --batch must be a multiple of N; default 1; "
+                        "with --resume: continue a run on another device count)")
+    p.add_argument("--eval-batch", type=_positive_int, default=d.eval_batch,
+                   help=f"held-out sequences of the final evaluation (default {d.eval_batch})")
     p.add_argument("--ckpt-every", type=_nonneg_int, default=d.ckpt_every,
                    help=f"checkpoint every N updates, 0 for only at the end (default {d.ckpt_every})")
     p.add_argument("--update", choices=["sequence", "step"], default=d.update,
@@ -142,19 +155,32 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from etprop.experiment.runner import TrainConfig, train
 
+    if (args.devices or 1) > 1:
+        _host_devices(args.devices)
     if args.resume is not None:
         train(out=args.out, resume=args.resume, steps=args.steps, plots_enabled=not args.no_plots,
-              progress=not args.quiet)
+              progress=not args.quiet, devices=args.devices)
         return 0
     cfg = TrainConfig(task=args.task, model=args.model, algo=args.algo, batch=args.batch, hidden=args.hidden,
-                      seed=args.seed, lr=args.lr, decay=args.decay, clip=args.clip, eval_every=args.eval_every,
+                      seed=args.seed, lr=args.lr, decay=args.decay, clip=args.clip, schedule=args.schedule,
+                      schedule_steps=args.schedule_steps, eval_every=args.eval_every, eval_batch=args.eval_batch,
                       ckpt_every=args.ckpt_every, carry_state=args.carry_state, update=args.update,
-                      task_args=dict(args.task_arg))
+                      task_args=dict(args.task_arg), devices=args.devices or 1)
     if args.steps is not None:
         cfg.steps = args.steps
     out = args.out or f"runs/{cfg.task}-{cfg.model}-{cfg.algo}"
     train(cfg, out=out, plots_enabled=not args.no_plots, progress=not args.quiet)
     return 0
+
+
+def _host_devices(n: int) -> None:
+    """On a CPU, make ``n`` host devices (only possible before jax starts its backends)."""
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", max(n, jax.config.jax_num_cpu_devices or 1))
+    except RuntimeError:  # jax has started: the devices it has are the ones there are
+        pass
 
 
 def _graph(args) -> int:

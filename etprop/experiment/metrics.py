@@ -4,6 +4,11 @@
 ``grad_cos_bptt`` / ``grad_cos_bptt_min`` the cosine of the online gradient to BPTT's (all
 parameters / the worst parameter; empty where not measured), ``wall_s`` the seconds since the
 run (or its last resume) started. A resumed run reads the rows up to its checkpoint back.
+
+The file is written once when a run starts (or resumes: the rows up to its checkpoint) and then
+appended to before each checkpoint (`append_rows`), so a long run writes each row once: the cost
+of a checkpoint does not grow with the number of updates. A row cut short by a crash in the
+middle of an append is beyond every checkpoint and is dropped when the run resumes.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 
 from etprop.errors import CheckpointError
 
-__all__ = ["FIELDS", "read_rows", "write_rows"]
+__all__ = ["FIELDS", "read_rows", "write_rows", "append_rows"]
 
 FIELDS = ["step", "loss", "accuracy", "grad_cos_bptt", "grad_cos_bptt_min", "wall_s"]
 
@@ -26,6 +31,8 @@ def read_rows(path: str, upto: int) -> list[dict]:
     try:
         with open(path, newline="") as f:
             for r in csv.DictReader(f):
+                if None in r.values() or None in r:  # a last row cut short (a crash while appending)
+                    continue
                 rows.append({k: (int(v) if k == "step" else (float(v) if v != "" else "")) for k, v in r.items()})
     except (OSError, ValueError, TypeError, csv.Error) as e:
         raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())}); the "
@@ -45,3 +52,11 @@ def write_rows(path: str, rows: list[dict]) -> None:
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
+
+
+def append_rows(path: str, rows: list[dict]) -> None:
+    """Append ``rows`` to ``path`` (written with its header by `write_rows` first)."""
+    if not rows:
+        return
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=FIELDS).writerows(rows)

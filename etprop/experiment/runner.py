@@ -10,6 +10,12 @@ The run state (`save_checkpoint`) is ``{"params", "opt_state", "hidden", "others
 Hidden states and traces are reset before each sequence (independent trials), unless
 ``carry_state``: then the trials form one stream and the network and its traces run on
 across updates.
+
+The learning rate is ``lr`` throughout (``schedule="constant"``) or, by default
+(``schedule="cosine"``), half a cosine from ``lr`` down to ``lr / 10`` over the first
+``schedule_steps`` updates, then ``lr / 10``: a function of the update number only (the count
+is in the optimiser state), so a run extended with ``--resume --steps`` continues the same
+schedule. The final accuracy is measured on ``eval_batch`` held-out sequences (a fixed key).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from etprop.algorithms.rules import canonical_name, resolve, rule_names
 from etprop.errors import ArgumentError, CheckpointError, NotSupportedError
 from etprop.experiment import plots
 from etprop.experiment.checkpoint import CHECKPOINT_DIR, legacy_note, load_checkpoint, read_meta, save_checkpoint
-from etprop.experiment.metrics import read_rows, write_rows
+from etprop.experiment.metrics import append_rows, read_rows, write_rows
 from etprop.experiment.models import MODELS, SPIKING, build_model
 from etprop.experiment.progress import Progress, format_seconds
 from etprop.tasks import get_task
@@ -87,6 +93,20 @@ def _algo_options(cfg) -> dict:
 
 _FACTORISED = {"es_d_rtrl", "hybrid"}
 
+#: ``--schedule`` choices; "cosine" ends at this fraction of ``lr``
+SCHEDULES = ("constant", "cosine")
+LR_FLOOR = 0.1
+
+
+def _learning_rate(cfg, steps_per_update: int):
+    """``cfg.lr``, or the cosine schedule of the optimiser's step count (``steps_per_update``
+    optimiser steps per update: ``T`` with ``update="step"``)."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    import optax
+
+    return optax.cosine_decay_schedule(cfg.lr, cfg.schedule_steps * steps_per_update, alpha=LR_FLOOR)
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -102,11 +122,15 @@ class TrainConfig:
     lr: float = 1e-2
     decay: float | None = None  # ES-D-RTRL / hybrid: decay_or_rank (None: the algorithm's default)
     clip: float = 1.0  # global gradient-norm clip
+    schedule: str = "cosine"  # "constant": lr throughout; "cosine": lr -> lr / 10 over schedule_steps updates
+    schedule_steps: int = 2000
     eval_every: int = 50  # cosine of the online gradient to BPTT, every this many updates (0: never)
+    eval_batch: int = 1024  # held-out sequences of the final evaluation (run `batch` at a time)
     ckpt_every: int = 100
     carry_state: bool = False
     update: str = "sequence"  # "sequence": one update per batch; "step": an update at every time step
     task_args: dict = dataclasses.field(default_factory=dict)
+    devices: int = 1  # data parallel over this many devices (the batch split over a mesh axis 'data')
 
     def validate(self) -> None:
         """Raise `ArgumentError` naming the first setting that is invalid."""
@@ -119,8 +143,12 @@ class TrainConfig:
         if not isinstance(self.task, str) or not isinstance(self.task_args, dict):
             raise ArgumentError(f"--task must be a task name and task_args a dict, got {self.task!r}, "
                                 f"{self.task_args!r}")
+        if isinstance(self.devices, int) and self.devices > 1 and isinstance(self.batch, int) \
+                and self.batch % self.devices:
+            raise ArgumentError(f"--batch {self.batch} does not split over --devices {self.devices}: use a "
+                                f"multiple of {self.devices}")
         for name, floor in (("steps", 1), ("batch", 1), ("hidden", 1), ("seed", 0), ("eval_every", 0),
-                            ("ckpt_every", 0)):
+                            ("ckpt_every", 0), ("schedule_steps", 1), ("eval_batch", 1), ("devices", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < floor:
                 kind = "positive" if floor else "non-negative"
@@ -131,6 +159,8 @@ class TrainConfig:
                 raise ArgumentError(f"--{name} must be a positive number, got {v!r}")
         if not isinstance(self.carry_state, bool):
             raise ArgumentError(f"--carry-state is a flag (True or False), got {self.carry_state!r}")
+        if self.schedule not in SCHEDULES:
+            raise ArgumentError(f"--schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         if self.update not in ("sequence", "step"):
             raise ArgumentError(f"--update must be 'sequence' or 'step', got {self.update!r}")
         if self.update == "step" and canonical_name(self.algo) == "bptt":
@@ -155,6 +185,19 @@ def _cosines(a: dict, b: dict) -> tuple[jax.Array, jax.Array]:
     return _cos(jnp.concatenate(la), jnp.concatenate(lb)), jnp.min(per)
 
 
+def device_mesh(n: int, batch: int):
+    """A one-axis mesh ``('data',)`` over the first ``n`` devices (None for one device)."""
+    if n == 1:
+        return None
+    devices = jax.devices()
+    if len(devices) < n:
+        raise ArgumentError(f"--devices {n}: only {len(devices)} {devices[0].platform} device(s) here; on a CPU "
+                            f"the command sets jax_num_cpu_devices itself when jax has not started yet")
+    if batch % n:
+        raise ArgumentError(f"--batch {batch} does not split over --devices {n}: use a multiple of {n}")
+    return jax.sharding.Mesh(np.array(devices[:n]), ("data",))
+
+
 class Run:
     """A built run: task, model, learner, optimiser and the jitted step functions.
 
@@ -171,8 +214,11 @@ class Run:
         self.model = build_model(cfg.model, task.n_in, cfg.hidden, task.n_out, seed=cfg.seed)
         brainstate.nn.init_all_states(self.model, batch_size=B)
         x0 = jnp.zeros((B, task.n_in), jnp.float32)
-        self.learner = etprop.compile(self.model, ALGOS[cfg.algo], x0, batch_size=B, **_algo_options(cfg))
-        self.optimizer = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.adam(cfg.lr))
+        mesh = device_mesh(cfg.devices, B)
+        self.learner = etprop.compile(self.model, ALGOS[cfg.algo], x0, batch_size=B, mesh=mesh,
+                                      **_algo_options(cfg))
+        lr = _learning_rate(cfg, task.n_steps if cfg.update == "step" else 1)
+        self.optimizer = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.adam(lr))
         self.data_key = jax.random.key(cfg.seed + 1)
         _, self.hidden0, self.others0 = self.learner.graph.mf.values()
         self.traces0 = self.learner.etrace.value
@@ -180,7 +226,7 @@ class Run:
         self._bptt = None
         if cfg.eval_every and canonical_name(cfg.algo) != "bptt":
             # a second learner on the same model: BPTT's gradient of the same batch, for the cosine
-            self._bptt = etprop.compile(self.model, etprop.BPTT, x0, batch_size=B)
+            self._bptt = etprop.compile(self.model, etprop.BPTT, x0, batch_size=B, mesh=mesh)
             self.grad_cosine = jax.jit(self._grad_cosine_fn())
         self.train_step = jax.jit(self._online_step_fn() if cfg.update == "step" else self._sequence_step_fn())
         self.evaluate = jax.jit(self._evaluate_fn())
@@ -262,13 +308,24 @@ class Run:
         return grad_cosine
 
     def _evaluate_fn(self):
-        """``(params, others) -> (accuracy, batch, outputs)`` on a held-out batch."""
+        """``(params, others) -> (accuracy, batch, outputs)``: the accuracy on ``eval_batch``
+        held-out sequences (a fixed key), run ``batch`` at a time from reset states; ``batch``
+        and ``outputs`` are the first ``batch`` of them (for the figures)."""
         eval_key = jax.random.key(self.cfg.seed + 10_000)
+        B, n = self.cfg.batch, self.cfg.eval_batch
+        chunks = -(-n // B)
 
         def evaluate(params, others):
-            batch = self.task.batch(eval_key, self.cfg.batch)
-            out = self._seq(params, self.hidden0, others, self.traces0, batch.inputs, batch.targets, batch.mask)[-1]
-            return self.task.accuracy(out, batch), batch, out
+            held = self.task.batch(eval_key, chunks * B)
+            split = lambda a: jnp.moveaxis(a.reshape(a.shape[0], chunks, B, *a.shape[2:]), 1, 0)
+
+            def forward(xy):
+                return self._seq(params, self.hidden0, others, self.traces0, *xy, held.mask)[-1]
+
+            outs = jax.lax.map(forward, (split(held.inputs), split(held.targets)))  # (chunks, T, B, n_out)
+            outs = jnp.moveaxis(outs, 0, 1).reshape(outs.shape[1], chunks * B, *outs.shape[3:])
+            trim = lambda a, m: type(held)(a.inputs[:, :m], a.targets[:, :m], a.mask)
+            return self.task.accuracy(outs[:, :n], trim(held, n)), trim(held, B), outs[:, :B]
 
         return evaluate
 
@@ -321,7 +378,8 @@ def _peak_memory_text(step_temp: int | None) -> str:
 
 
 def train(cfg: TrainConfig | None = None, *, out: str | None = None, resume: str | None = None,
-          steps: int | None = None, plots_enabled: bool = True, progress: bool = True, log=print) -> dict:
+          steps: int | None = None, plots_enabled: bool = True, progress: bool = True, log=print,
+          on_update=None, devices: int | None = None) -> dict:
     """Train, writing ``metrics.csv``, PNG figures and checkpoints to ``out``.
 
     Args:
@@ -330,8 +388,13 @@ def train(cfg: TrainConfig | None = None, *, out: str | None = None, resume: str
       resume: a directory holding a checkpoint; training continues from it exactly. A
         checkpoint that cannot be used raises `CheckpointError` before anything is written.
       steps: with ``resume``, a new total number of updates (to extend a finished run).
+      devices: with ``resume``, the device count to continue on (checkpoints hold whole arrays,
+        gathered to the host, so any count resumes any other).
       plots_enabled, progress: figures and the progress line.
       log: where summary lines go.
+      on_update: called as ``on_update(k, state, metrics)`` after update ``k`` and its checkpoint
+        if any (its metrics as floats, the run state after it), e.g. to sample memory along a
+        long run.
 
     Returns:
       ``{"accuracy", "loss", "steps", "wall_s", "out", "chance", ...}`` of the final state.
@@ -339,7 +402,7 @@ def train(cfg: TrainConfig | None = None, *, out: str | None = None, resume: str
     meta = None
     if resume is not None:
         meta = read_meta(resume)
-        cfg = _resumed_config(meta, resume, steps)
+        cfg = _resumed_config(meta, resume, steps, devices)
         out = out or resume
     elif cfg is None:
         cfg = TrainConfig()
@@ -352,20 +415,24 @@ def train(cfg: TrainConfig | None = None, *, out: str | None = None, resume: str
         if resume is not None:  # everything is read and checked before anything is written
             state, start, rows = _resume(run, state, resume, meta, log)
         os.makedirs(out, exist_ok=True)
-        return _train(run, state, start, rows, out, t_start, plots_enabled, progress, log)
+        return _train(run, state, start, rows, out, t_start, plots_enabled, progress, log, on_update)
 
 
-def _resumed_config(meta: dict, resume: str, steps: int | None) -> TrainConfig:
-    """The `TrainConfig` saved in ``meta`` (``--steps``: a new total), checked."""
+def _resumed_config(meta: dict, resume: str, steps: int | None, devices: int | None = None) -> TrainConfig:
+    """The `TrainConfig` saved in ``meta`` (``--steps``: a new total; ``--devices``: another device
+    count, the checkpoint holding whole arrays), checked."""
     path = os.path.join(resume, CHECKPOINT_DIR, "meta.json")
     saved = dict(meta["config"])
     unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise CheckpointError(f"{path}: the saved settings have unknown keys {unknown} (written by another version "
                               f"of etprop?); resume with that version or start a new run")
+    saved.setdefault("schedule", "constant")  # written before schedules existed: trained at a constant lr
     cfg = TrainConfig(**saved)
     if steps is not None:
         cfg.steps = int(steps)
+    if devices is not None:
+        cfg.devices = int(devices)
     try:
         cfg.validate()
         get_task(cfg.task, **cfg.task_args)
@@ -389,26 +456,29 @@ def _resume(run: Run, state, resume: str, meta: dict, log) -> tuple[dict, int, l
     return state, start, rows
 
 
-def _train(run: Run, state, start: int, rows: list, out: str, t_start: float, plots_enabled, progress, log):
+def _train(run: Run, state, start: int, rows: list, out: str, t_start: float, plots_enabled, progress, log,
+           on_update=None):
     cfg = run.cfg
     t_compile = time.perf_counter()
     step_temp = run.compile(state)
     log(f"etprop train: task={cfg.task} model={cfg.model} algo={cfg.algo} hidden={cfg.hidden} batch={cfg.batch} "
         f"T={run.task.n_steps} updates={cfg.steps} (compiled in {time.perf_counter() - t_compile:.1f} s)")
-    state, last = _loop(run, state, start, rows, out, t_start, progress, log)
+    state, last = _loop(run, state, start, rows, out, t_start, progress, log, on_update)
     acc, batch, _ = run.evaluate(state["params"], state["others"])
     acc = float(acc)
     figures = _figures(run, state, batch, rows, out, log) if plots_enabled and rows else []
     wall = time.perf_counter() - t_start
     summary = {"task": cfg.task, "model": cfg.model, "algo": cfg.algo, "steps": cfg.steps, "accuracy": acc,
-               "chance": run.task.chance, "loss": last["loss"], "wall_s": wall, "out": out, "figures": figures}
+               "chance": run.task.chance, "loss": last["loss"], "wall_s": wall, "out": out, "figures": figures,
+               "eval_batch": cfg.eval_batch}
     log(f"done: task={cfg.task} model={cfg.model} algo={cfg.algo} updates={cfg.steps} "
-        f"eval accuracy={acc:.3f} (chance {run.task.chance:.3f}) train loss={last['loss']:.4f} "
+        f"eval accuracy={acc:.3f} on {cfg.eval_batch} held-out (chance {run.task.chance:.3f}) "
+        f"train loss={last['loss']:.4f} "
         f"wall {format_seconds(wall)} ({wall:.1f} s) {_peak_memory_text(step_temp)} -> {out}")
     return summary
 
 
-def _loop(run: Run, state, start: int, rows: list, out: str, t_start: float, progress, log):
+def _loop(run: Run, state, start: int, rows: list, out: str, t_start: float, progress, log, on_update=None):
     """Updates ``start + 1 .. cfg.steps``, appending to ``rows``; checkpoints every
     ``ckpt_every`` updates, at the end and on Ctrl-C. Returns ``(state, last metrics)``."""
     cfg = run.cfg
@@ -417,6 +487,14 @@ def _loop(run: Run, state, start: int, rows: list, out: str, t_start: float, pro
     config = _config_dict(cfg)
     last = {"loss": float("nan"), "accuracy": float("nan")}
     done = start
+    write_rows(metrics_path, rows)  # the rows up to the checkpoint resumed from (none for a new run)
+    written = len(rows)
+
+    def flush():  # the rows since the last checkpoint, before the next one: each row is written once
+        nonlocal written
+        append_rows(metrics_path, rows[written:])
+        written = len(rows)
+
     try:
         for k in range(start + 1, cfg.steps + 1):
             cos = cos_min = ""
@@ -433,18 +511,20 @@ def _loop(run: Run, state, start: int, rows: list, out: str, t_start: float, pro
                          "grad_cos_bptt": cos, "grad_cos_bptt_min": cos_min, "wall_s": time.perf_counter() - t_start})
             bar.update(k, loss=last["loss"], acc=last["accuracy"])
             if cfg.ckpt_every and k % cfg.ckpt_every == 0 and k < cfg.steps:
+                flush()
                 save_checkpoint(out, state, step=k, config=config)
-                write_rows(metrics_path, rows)
+            if on_update is not None:
+                on_update(k, state, last)
     except KeyboardInterrupt:
         bar.close()
         rows[:] = [r for r in rows if r["step"] <= done]
+        flush()
         save_checkpoint(out, state, step=done, config=config)
-        write_rows(metrics_path, rows)
         log(f"interrupted after update {done}; continue with: etprop train --resume {out}")
         raise
     bar.close()
+    flush()
     save_checkpoint(out, state, step=cfg.steps, config=config)
-    write_rows(metrics_path, rows)
     return state, last
 
 

@@ -204,3 +204,69 @@ def test_update_at_every_step_resumes_exactly(tmp_path):
     pa, ps = _saved_state(a), _saved_state(seq)
     key = next(k for k in pa if k.startswith("['params']"))
     assert not np.array_equal(pa[key], ps[key])  # T updates per batch, not one
+
+
+@pytest.mark.parametrize("update", ["sequence", "step"])
+def test_cosine_schedule_extends_and_resumes_exactly(tmp_path, update):
+    """The learning-rate schedule is a function of the update number (its count is in the
+    optimiser state): a run extended past the end of the decay (--schedule-steps 4) with
+    --resume --steps matches the uninterrupted run bit for bit, and the schedule changes the run."""
+    common = ["--update", update, "--schedule-steps", "4", "--eval-every", "0", "--carry-state", "--no-plots",
+              "--lr", "3e-3"] + TINY
+    a, b, c = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")
+    assert cli.main(["train", "--steps", "6", "--out", a] + common) == 0
+    assert cli.main(["train", "--steps", "3", "--out", b] + common) == 0
+    assert cli.main(["train", "--resume", b, "--steps", "6", "--quiet", "--no-plots"]) == 0
+    assert _rows(a) == _rows(b)
+    pa, pb = _saved_state(a), _saved_state(b)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+    assert cli.main(["train", "--steps", "6", "--out", c, "--schedule", "constant"] + common) == 0
+    assert _rows(a)[-1] != _rows(c)[-1]
+    if update == "sequence":  # the first update at --lr itself
+        assert _rows(a)[:1] == _rows(c)[:1]
+
+
+def test_checkpoint_without_schedule_resumes_at_a_constant_rate(tmp_path):
+    """A checkpoint written before --schedule and --eval-batch existed (no such keys in its
+    settings) was trained at a constant learning rate, and resumes so."""
+    import json
+
+    common = ["--schedule", "constant", "--eval-every", "0", "--no-plots"] + TINY
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert cli.main(["train", "--steps", "4", "--out", a] + common) == 0
+    assert cli.main(["train", "--steps", "2", "--out", b] + common) == 0
+    meta_path = os.path.join(b, "checkpoint", "meta.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    for key in ("schedule", "schedule_steps", "eval_batch"):
+        del meta["config"][key]
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    assert cli.main(["train", "--resume", b, "--steps", "4", "--quiet", "--no-plots"]) == 0
+    assert _rows(a) == _rows(b)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--schedule", "linear"], "argument --schedule: invalid choice: 'linear'"),
+    (["train", "--schedule-steps", "0"], "--schedule-steps: expected a positive integer, got '0'"),
+    (["train", "--eval-batch", "0"], "--eval-batch: expected a positive integer, got '0'"),
+])
+def test_bad_schedule_and_eval_batch_flags_are_one_line_errors(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("schedule", "linear", "--schedule must be one of"),
+    ("schedule_steps", 0, "--schedule-steps must be a positive integer"),
+    ("eval_batch", 2.5, "--eval-batch must be a positive integer"),
+])
+def test_schedule_and_eval_batch_settings_are_validated(field, value, needle):
+    from etprop.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=needle):
+        TrainConfig(**{field: value}).validate()
