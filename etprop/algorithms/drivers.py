@@ -388,32 +388,13 @@ class SequenceDrivers:
         key = ("online", step_loss, optimizer, check)
         fn = self._jit_cache.get(key)
         if fn is None:
-            def run(params, opt_state, hidden, others, traces, args, ys, mask, mods):
-                def body(carry, inp):
-                    p, st, h, o, tr = carry
-                    a, y, m, mod = jax.tree.map(lambda v: v[None], inp)
-                    p_leaves, p_tree = jax.tree.flatten(self.param_tuple(p))
-                    (ls, out, h2, o2, tr2), g_leaves = self.window_grads(p_leaves, p_tree, h, o, tr, a, y, m, mod,
-                                                                         step_loss, "window")
-                    h2, o2, tr2 = self.constrain_carry(h2, o2, tr2)
-                    row = None
-                    if check:  # the parameters this step used, and what it computed from them
-                        row = self._scan_row(a, finite.flags(p_leaves), h2, tr2, out, ls, g_leaves)
-                    updates, st = optimizer.update(self._grads_to_dict(g_leaves, p), st, p)
-                    p = jax.tree.map(lambda a_, b_: a_ + b_, p, updates)
-                    return (p, st, h2, o2, tr2), (jnp.sum(ls), row)
-
-                carry, (losses, rows) = jax.lax.scan(body, (params, opt_state, hidden, others, traces),
-                                                     (args, ys, mask, mods))
-                return carry, losses, (finite.summarise(rows) if check else None)
-
-            fn = self._jit_cache[key] = jax.jit(run)
+            fn = self._jit_cache[key] = jax.jit(self._online_scan(step_loss, optimizer, check, False))
         mf = self.graph.mf
         _, hidden, others = mf.values()
         args, ys = self.put_inputs(args, 1), self.put_inputs(ys, 1)
-        (params, opt_state, hidden, others, traces), losses, summary = fn(params, opt_state, hidden, others,
-                                                                          self.etrace.value, args, ys, mask,
-                                                                          modulator)
+        (params, opt_state, hidden, others, traces), losses, summary, _ = fn(params, opt_state, hidden, others,
+                                                                             self.etrace.value, args, ys, mask,
+                                                                             modulator)
         self.set_params(params)
         mf.write(hidden, others)
         self.etrace.value = traces
@@ -421,6 +402,51 @@ class SequenceDrivers:
             items = self._scan_items(len(args), traces)
             finite.raise_host("train_online", items, summary)
         return opt_state, losses
+
+    def _online_scan(self, step_loss, optimizer, check: bool, return_out: bool):
+        """``run(params, opt_state, hidden, others, traces, args, ys, mask, modulator) -> (carry,
+        losses, finite-check summary or None, outputs or None)``: an optimiser update at every step
+        (`window_grads` of a window of one), scanned over the sequence; pure."""
+        def run(params, opt_state, hidden, others, traces, args, ys, mask, mods):
+            def body(carry, inp):
+                p, st, h, o, tr = carry
+                a, y, m, mod = jax.tree.map(lambda v: v[None], inp)
+                p_leaves, p_tree = jax.tree.flatten(self.param_tuple(p))
+                (ls, out, h2, o2, tr2), g_leaves = self.window_grads(p_leaves, p_tree, h, o, tr, a, y, m, mod,
+                                                                     step_loss, "window")
+                h2, o2, tr2 = self.constrain_carry(h2, o2, tr2)
+                row = None
+                if check:  # the parameters this step used, and what it computed from them
+                    row = self._scan_row(a, finite.flags(p_leaves), h2, tr2, out, ls, g_leaves)
+                updates, st = optimizer.update(self._grads_to_dict(g_leaves, p), st, p)
+                p = jax.tree.map(lambda a_, b_: a_ + b_, p, updates)
+                out = jax.tree.map(lambda v: v[0], out) if return_out else None
+                return (p, st, h2, o2, tr2), (jnp.sum(ls), row, out)
+
+            carry, (losses, rows, outs) = jax.lax.scan(body, (params, opt_state, hidden, others, traces),
+                                                       (args, ys, mask, mods))
+            return carry, losses, (finite.summarise(rows) if check else None), outs
+
+        return run
+
+    def online_fn(self, step_loss: Callable, optimizer, *, return_out: bool = False) -> Callable:
+        """The pure computation behind `train_online`, for users who carry state themselves (as
+        `sequence_fn` is for `etrace_grad`; the training command's ``--update step`` runs it).
+
+        Returns ``fn(params, opt_state, hidden, others, traces, xs, ys, mask)`` returning
+        ``(params', opt_state', hidden', others', traces', losses (T,)[, outputs])``: an
+        ``optimizer`` update at every step from that step's online gradient of ``mask_t mean_b
+        step_loss``. It reads and writes no state and makes no finite check; jit it.
+        """
+        self._require_graph()
+        run = self._online_scan(step_loss, optimizer, False, return_out)
+
+        def fn(params, opt_state, hidden, others, traces, xs, ys, mask):
+            carry, losses, _, outs = run(params, opt_state, hidden, others, traces, as_args(xs, multi=True), ys,
+                                         mask, None)
+            return tuple(carry) + (losses,) + ((outs,) if return_out else ())
+
+        return fn
 
     def window_grads(self, p_leaves, p_tree, hidden, others, traces, a, y, mask, modulator, step_loss, mode):
         """One window of the drivers: ``((losses, out, hidden', others', traces'), grad leaves)``.

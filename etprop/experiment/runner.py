@@ -262,31 +262,17 @@ class Run:
 
     def _online_step_fn(self):
         """True online learning: the optimiser updates the parameters at every time step, each
-        update from that step's online gradient (traces carried through the sequence)."""
-        task, optimizer, learner = self.task, self.optimizer, self.learner
+        update from that step's online gradient (traces carried through the sequence): the
+        learner's own per-step driver (`online_fn`)."""
+        task = self.task
+        online = self.learner.online_fn(task.step_loss, self.optimizer, return_out=True)
 
         def online_train_step(state, step):
             batch = self._batch(step)
             h, o, tr = self._start(state)
             norm = jnp.maximum(jnp.sum(batch.mask), 1.0)
-
-            def body(c, inp):
-                params, opt_state, h, o, tr = c
-                x, y, m = inp
-
-                def loss_of(p):
-                    out, h2, o2, tr2 = learner.run_window(p, h, o, tr, (x[None],))
-                    loss = m * jnp.mean(jax.vmap(task.step_loss)(out[0], y)) / norm
-                    return loss, (out[0], h2, o2, tr2)
-
-                (loss, (out, h, o, tr)), g = jax.value_and_grad(loss_of, has_aux=True)(params)
-                updates, opt_state = optimizer.update(g, opt_state, params)
-                params = jax.tree.map(lambda p, d: p + d, params, updates)
-                return (params, opt_state, h, o, tr), (loss, out)
-
-            init = (state["params"], state["opt_state"], h, o, tr)
-            (params, opt_state, h, o, tr), (losses, outs) = jax.lax.scan(
-                body, init, (batch.inputs, batch.targets, batch.mask))
+            params, opt_state, h, o, tr, losses, outs = online(state["params"], state["opt_state"], h, o, tr,
+                                                               batch.inputs, batch.targets, batch.mask / norm)
             metrics = {"loss": jnp.sum(losses), "accuracy": task.accuracy(outs, batch)}
             return {"params": params, "opt_state": opt_state, "hidden": h, "others": o, "traces": tr}, metrics
 
