@@ -102,6 +102,8 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
     learner.check_finite = bool(check_finite)
     learner.trace_dtype = _check_trace_dtype(trace_dtype, learner)
     placement = make_placement(mesh, batch_axis, trace_axis, batch_size)
+    if placement is not None:  # several processes: each may give its slice of the batch
+        example_inputs = placement.global_example(example_inputs)
     learner.compile_graph(*example_inputs, batch_size=batch_size)
     if placement is not None:
         learner.place(placement)

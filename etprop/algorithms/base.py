@@ -167,6 +167,12 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
             traces = pl.constrain(traces, self._trace_sh)
         return hidden, others, traces
 
+    def _local_slice(self, got: tuple, want: tuple) -> bool:
+        """``got`` is ``want`` with this process's share of the batch (several processes only)."""
+        pl = self.placement
+        return (pl is not None and jax.process_count() > 1 and bool(got) and bool(want)
+                and got[0] == pl.local_batch and got[1:] == want[1:])
+
     def put_inputs(self, tree, lead: int = 0):
         """Inputs or targets split on the placement's batch axis (axis ``lead``; 1 for sequences)."""
         return tree if self.placement is None else self.placement.put(tree, lead)
@@ -499,6 +505,8 @@ class OnlineAlgorithm(SequenceDrivers, brainstate.nn.Module):
                     f"(x.astype({want_dt.name})) or recompile with etprop.compile(...) on an input of that dtype")
             got = tuple(np.shape(leaf))
             core = got[1:] if multi else got
+            if core != want and self._local_slice(core, want):
+                continue  # one process's slice of the batch (several processes): placed as the global array
             if core != want:
                 lead = "(time, " if multi else "("
                 raise OperandError(

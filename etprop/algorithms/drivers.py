@@ -243,7 +243,7 @@ class SequenceDrivers:
         win = min(window or T, T)
         if finite.traced(summary):  # inside the user's jit: JAX raises it when the result is read
             return finite.raise_host(where, items, summary, win)
-        any_bad, first, row = jax.device_get(summary)
+        any_bad, first, row = finite.to_host(summary)
         if not bool(any_bad):
             return
         offset = int(start[2][-1]) if where == "step" else 0  # step(): the model's clock
@@ -251,7 +251,7 @@ class SequenceDrivers:
         size = min(win, T - first_step)
         if size > 1:
             res = self._compiled_scan(step_loss, window=1, return_out=False, mode=mode)(*start)
-            any1, step1, row1 = jax.device_get(res[-1])
+            any1, step1, row1 = finite.to_host(res[-1])
             kind = items[int(np.argmax(row1))][0] if bool(any1) else None
             inside = bool(any1) and first_step <= int(step1) < first_step + size
             if inside and (mode == "chunk" or kind != "grad"):

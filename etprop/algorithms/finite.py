@@ -49,8 +49,18 @@ import numpy as np
 from etprop.algorithms.vjp import zero_cotangent
 from etprop.errors import NumericalError
 
-__all__ = ["bad", "flags", "summarise", "message", "step_text", "raise_host", "raise_if", "as_numerical_error",
+__all__ = ["to_host", "bad", "flags", "summarise", "message", "step_text", "raise_host", "raise_if", "as_numerical_error",
            "collecting", "collector", "state_items", "state_flags", "call_window"]
+
+
+def to_host(tree):
+    """``jax.device_get`` of ``tree``, also of arrays that span several processes (replicated ones,
+    as the drivers' summaries are: this process's copy)."""
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return np.asarray(a.addressable_data(0))
+        return jax.device_get(a)
+    return jax.tree.map(one, tree)
 
 #: what each kind of item is called, and what to check when it is the first bad one
 _WHAT = {
@@ -169,7 +179,7 @@ def raise_host(where: str, items, summary, size: int = 1) -> None:
         any_bad, first, row = summary
         raise_if(where, items, row & any_bad, first * size, size)
         return
-    any_bad, first, row = jax.device_get(summary)
+    any_bad, first, row = to_host(summary)
     if bool(np.any(any_bad)):
         raise NumericalError(message(where, items, row, step_text(int(first) * size, size)))
 

@@ -80,9 +80,40 @@ class Placement:
                     for o, b in zip(others, batched_other))
         return hs, os_
 
+    @property
+    def local_batch(self) -> int:
+        """The batch each process holds: ``batch_size / jax.process_count()``."""
+        return self.batch_size // jax.process_count()
+
     def put(self, tree, lead: int = 0):
-        """``tree`` placed on the mesh (eager: ``jax.device_put``; traced: a sharding constraint)."""
+        """``tree`` placed on the mesh (eager: ``jax.device_put``; traced: a sharding constraint).
+        With several processes a leaf whose axis ``lead`` holds this process's slice of the batch
+        (``local_batch``) becomes the global array of all processes' slices."""
+        if jax.process_count() > 1:
+            return jax.tree.map(lambda a: self._global(a, lead), tree)
         return self.constrain(tree, jax.tree.map(lambda a: self.of_leaf(a, lead), tree))
+
+    def _global(self, a, lead: int):
+        if isinstance(a, jax.core.Tracer) or (isinstance(a, jax.Array) and not a.is_fully_addressable):
+            return self.constrain(a, self.of_leaf(a, lead)) if isinstance(a, jax.core.Tracer) else a
+        shape = np.shape(a)
+        if len(shape) > lead and shape[lead] == self.local_batch != self.batch_size:
+            full = shape[:lead] + (self.batch_size,) + shape[lead + 1:]
+            sharding = self.of_leaf(np.empty(full, np.int8), lead, batched=True)
+            return jax.make_array_from_process_local_data(sharding, np.asarray(a), full)
+        return jax.device_put(a, self.of_leaf(a, lead))  # the same value in every process
+
+    def global_example(self, inputs: tuple) -> tuple:
+        """Example inputs of one step at the global batch (zeros where a process gave its slice)."""
+        if jax.process_count() == 1:
+            return inputs
+
+        def one(a):
+            shape = np.shape(a)
+            if shape and shape[0] == self.local_batch != self.batch_size:
+                return np.zeros((self.batch_size,) + shape[1:], np.asarray(a).dtype)
+            return a
+        return jax.tree.map(one, inputs)
 
     @staticmethod
     def constrain(tree, shardings):

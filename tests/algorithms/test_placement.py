@@ -17,6 +17,46 @@ B, T, I, H, O = 8, 12, 3, 8, 2
 ALGOS = ["d_rtrl", "es_d_rtrl", "hybrid", "eprop", "ostl_recurrent", "ostl_feedforward", "bptt", "rtrl"]
 
 
+def _multihost_worker(pid: int, port: int) -> dict:
+    """One of two processes (two CPU devices each) under `jax.distributed`, gloo collectives on
+    the loopback address; each gives the learner its half of the batch."""
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_num_cpu_devices", 2)
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+    import numpy as np
+    from jax.sharding import Mesh
+
+    import etprop
+
+    xs, ys, model, mse = _global_problem()
+    half = slice(pid * B // 2, (pid + 1) * B // 2)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    learner = etprop.compile(model, "d_rtrl", xs[0, half], batch_size=B, mesh=mesh)
+    grads, loss = learner.etrace_grad(xs[:, half], ys[:, half], mse)
+    local = lambda a: np.asarray(a.addressable_data(0) if not a.is_fully_addressable else a).tolist()
+    out = dict(devices=jax.device_count(), local=jax.local_device_count(), loss=local(loss),
+               grads={k: local(v) for k, v in grads.items()})
+    jax.distributed.shutdown()
+    return out
+
+
+def _global_problem():
+    """The global batch of the multi-host check, its model and loss (the same in every process)."""
+    import brainstate
+    import jax
+    import jax.numpy as jnp
+
+    from tests.algorithms.models import ElementwiseRNN
+
+    model = ElementwiseRNN(I, H, O)
+    for st in model.states(brainstate.HiddenState).values():
+        st.value = jnp.zeros((B,) + st.value.shape)
+    xs = jax.random.normal(jax.random.key(1), (T, B, I))
+    ys = jax.random.normal(jax.random.key(2), (T, B, O))
+    return xs, ys, model, lambda o, y: jnp.sum((o - y) ** 2)
+
+
 def _worker(case: str) -> dict:
     import jax
     jax.config.update("jax_num_cpu_devices", 4)
@@ -138,6 +178,35 @@ def test_sharded_traces_and_memory_per_device():
     assert mem[4]["argument_bytes"] < mem[2]["argument_bytes"] < mem[1]["argument_bytes"], mem
 
 
+def test_two_processes_under_jax_distributed_equal_one():
+    import socket
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    import etprop
+
+    with socket.socket() as sock:  # a free port for the coordinator
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, __file__, "multihost", str(pid), str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for pid in (0, 1)]
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-3000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    xs, ys, model, mse = _global_problem()
+    ref = etprop.compile(model, "d_rtrl", xs[0], batch_size=B)
+    g, loss = ref.etrace_grad(xs, ys, mse)
+    for out in outs:  # both processes hold the whole (replicated) gradient
+        assert out["devices"] == 4 and out["local"] == 2
+        np.testing.assert_allclose(out["loss"], float(loss), rtol=1e-5)
+        for k in g:
+            np.testing.assert_allclose(jnp.asarray(out["grads"][k]), g[k], rtol=1e-5, atol=1e-6)
+
+
 def test_bad_meshes_are_named():
     import jax
     import numpy as np
@@ -157,4 +226,7 @@ def test_bad_meshes_are_named():
 
 
 if __name__ == "__main__":
-    print(json.dumps(_worker(sys.argv[1])))
+    if sys.argv[1] == "multihost":
+        print(json.dumps(_multihost_worker(int(sys.argv[2]), int(sys.argv[3]))))
+    else:
+        print(json.dumps(_worker(sys.argv[1])))
