@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m benchmarks.run [--suite lif|gru|memory|deep|all ...] [--device cpu|gpu] [--out FILE] [--quick]
+    python -m benchmarks.run [--suite lif|gru|memory|deep|scale|all ...] [--device cpu|gpu] [--out FILE] [--quick]
                              [--hidden N ...] [--T N ...] [--batch N] [--repeats N] [--chunk K]
                              [--contenders NAME ...] [--no-braintrace] [--no-equality] [--no-mem]
                              [--bt-drtrl-max-hidden N] [--max-seq-s S] [--budget-s S]
@@ -87,12 +87,14 @@ SUITES = {  # issue 6 sizes
     "gru": {"workload": "gru", "hidden": [256], "T": [100, 400, 1600], "batch": 32},
     "memory": {"workload": "lif", "hidden": [128], "T": [100, 200, 400, 800, 1600, 3200], "batch": 16},
     "deep": {"workload": "deep", "hidden": [512], "T": [1000], "batch": 128},
+    "scale": {"workload": "scale", "hidden": [8192, 32768, 131072], "T": None, "batch": None},  # benchmarks/scale.py
 }
 QUICK = {  # the smoke test's sizes
     "lif": {"hidden": [16], "T": [16], "batch": 2},
     "gru": {"hidden": [8], "T": [8], "batch": 2},
     "memory": {"hidden": [8], "T": [32, 64, 128], "batch": 2},  # multiples of the chunk (16)
     "deep": {"hidden": [8], "T": [8], "batch": 2},
+    "scale": {"hidden": [128], "T": [8]},
 }
 SUITE_ORDER = ("lif", "gru", "memory", "deep")
 
@@ -904,8 +906,9 @@ def equality_table(checks: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    p.add_argument("--suite", nargs="+", choices=SUITE_ORDER + ("all",), default=["all"],
-                   help="one or more suites, run in the order given (all: lif gru memory deep)")
+    p.add_argument("--suite", nargs="+", choices=SUITE_ORDER + ("scale", "all"), default=["all"],
+                   help="one or more suites, run in the order given (all: lif gru memory deep; scale: "
+                        "benchmarks/scale.py, not in all)")
     p.add_argument("--device", choices=("cpu", "gpu"), default=None,
                    help="default: the JAX default backend; gpu errors if JAX has no GPU backend")
     p.add_argument("--out", default=None, help="write all results as JSON here")
@@ -994,6 +997,14 @@ def main(argv=None, log=print) -> dict:
     with jax.default_device(device):
         for suite in suites:
             cfg = _suite_cfg(suite, args)
+            if suite == "scale":
+                from benchmarks import scale
+                log(f"\n== scale: hidden={cfg['hidden']} ==")
+                result["scale"] = {}  # filled as configurations finish
+                scale.run_suite(cfg, args, bt_ok, bt_msg, head, gpu, out=result["scale"], log=log, save=save)
+                result["goals"] += result["scale"]["goals"]
+                save()
+                continue
             wl = WORKLOADS[cfg["workload"]]
             if suite == "memory":
                 log(f"\n== memory: {wl.name} hidden={cfg['hidden'][0]} batch={cfg['batch']} T={cfg['T']} ==")

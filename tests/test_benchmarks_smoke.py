@@ -171,3 +171,24 @@ def test_ecosystem_comparison_runs(capsys, tmp_path):
     rows = json.loads((tmp_path / "eco.json").read_text())
     assert rows[0]["model"] == "DeltaProj" and rows[0]["etprop_all"] <= 1e-6
     assert rows[0]["traced"] == ["proj.comm.weight"]
+
+
+def test_scale_quick():
+    """The scale suite (benchmarks/scale.py: sparse recurrent LIF, fan-in 76) at 128 neurons,
+    one configuration; braintrace's ES-D-RTRL where braintrace can run the sparse model."""
+    lines = []
+    res = bench.main(["--suite", "scale", "--quick", "--device", "cpu", "--no-mem", "--batch", "2",
+                      "--contenders", bench.ESDRTRL, bench.BT_ES], log=lines.append)
+    sc = res["scale"]
+    (r,) = sc["rows"]
+    assert (r["hidden"], r["T"], r["batch"], r["synapses"]) == (128, 8, 2, 128 * 76)
+    names = {bench.FORWARD, bench.BPTT, bench.ESDRTRL}
+    if bench.BT_ES in r["contenders"]:
+        names.add(bench.BT_ES)
+    else:  # braintrace missing or refusing the model: said so, not failed
+        assert bench.BT_ES in r["skipped"]
+    _check_timing(r, names)
+    assert r["contenders"][bench.ESDRTRL]["grad_cosine_vs_bptt"] > 0.9
+    assert [g["goal"] for g in sc["goals"]] == ["ES-D-RTRL <= 3x forward-only", "D-RTRL <= 4x forward-only"]
+    text = "\n".join(lines)
+    assert "**scale**" in text and "| neurons" in text
