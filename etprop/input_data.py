@@ -7,9 +7,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from etprop.errors import ArgumentError
+from etprop.errors import ArgumentError, NotSupportedError
 
-__all__ = ["SingleStepData", "MultiStepData", "is_input_data"]
+__all__ = ["SingleStepData", "MultiStepData", "is_input_data", "as_args"]
 
 
 class _InputData:
@@ -83,3 +83,17 @@ class MultiStepData(_InputData):
 
 def is_input_data(x) -> bool:
     return isinstance(x, _InputData)
+
+
+def as_args(inputs, *, multi: bool) -> tuple:
+    """The positional inputs of a learner call: a `MultiStepData` window (``multi``), a
+    `SingleStepData` step, a tuple, or one array."""
+    if isinstance(inputs, MultiStepData):
+        if not multi:
+            raise NotSupportedError("step() takes one time step; use etrace_grad or learner(MultiStepData(...))")
+        return inputs.data
+    if isinstance(inputs, SingleStepData):
+        if multi:
+            raise ArgumentError("etrace_grad needs inputs with a leading time axis, not SingleStepData")
+        return inputs.data
+    return inputs if isinstance(inputs, tuple) else (inputs,)

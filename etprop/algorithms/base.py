@@ -36,7 +36,8 @@ import numpy as np
 
 from etprop.errors import ArgumentError, NotSupportedError, OperandError
 from etprop.algorithms.chunked import make_chunk
-from etprop.algorithms.drivers import SequenceDrivers, as_args
+from etprop.algorithms.drivers import SequenceDrivers
+from etprop.input_data import as_args
 from etprop.algorithms import step_fn_fast
 from etprop.algorithms.finite import call_window
 from etprop.algorithms.relation_ops import RelationOps

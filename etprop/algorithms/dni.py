@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from etprop.algorithms.base import unflatten_out_seq
-from etprop.algorithms.drivers import as_args
+from etprop.input_data import as_args
 from etprop.algorithms.etrace import D_RTRL
 from etprop.algorithms.sequence import to_windows
 from etprop.algorithms.vjp import online_custom_vjp, sum_terms

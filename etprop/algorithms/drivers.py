@@ -20,11 +20,13 @@ import numpy as np
 
 from etprop.algorithms import finite
 from etprop.algorithms import step_fn_fast as fast_path
-from etprop.algorithms.sequence import (LOSS_OUTPUTS, REDUCTIONS, check_chunk_size, check_mask, check_targets,
-                                        finish_step_fn_grad, sequence_length, step_fn_evolve, step_fn_grad)
-from etprop.errors import ArgumentError, NotSupportedError, NumericalError
+from etprop.algorithms.online import OnlineUpdates
+from etprop.algorithms.sequence import (LOSS_OUTPUTS, REDUCTIONS, check_chunk_size, check_mask, check_step_loss,
+                                        check_targets, finish_step_fn_grad, sequence_length, step_fn_evolve,
+                                        step_fn_grad)
+from etprop.errors import ArgumentError, NumericalError
 from etprop.fncache import split as split_fn
-from etprop.input_data import MultiStepData, SingleStepData
+from etprop.input_data import as_args
 
 __all__ = ["SequenceDrivers", "as_args"]
 
@@ -33,7 +35,7 @@ def _mantissa(x):
     return u.get_mantissa(x)
 
 
-class SequenceDrivers:
+class SequenceDrivers(OnlineUpdates):
     """`etrace_grad`, `etrace_evolve`, `train_online`, `sequence_fn` (see `OnlineAlgorithm`)."""
 
     #: check inputs, parameters, hidden states, traces, outputs, losses and gradients for NaN/inf
@@ -120,7 +122,7 @@ class SequenceDrivers:
             raise ArgumentError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         args = as_args(xs, multi=True)
         self._check_args(args, True)
-        _check_step_loss(step_loss, "etrace_grad(xs, ys, step_loss)")
+        check_step_loss(step_loss, "etrace_grad(xs, ys, step_loss)")
         mask = None if mask is None else check_mask(mask, jax.tree.leaves(args)[0].shape[0])
         grads, losses = self._run_sequence(args, ys, step_loss, mask, window=window, chunk_size=closed_form_chunk,
                                            where="etrace_grad")
@@ -353,101 +355,6 @@ class SequenceDrivers:
                                 f"jnp.sum((out - y) ** 2))")
         return mask * (jnp.mean(vals, axis=1) if batched else vals)
 
-    def train_online(self, xs, ys, step_loss: Callable, optimizer, opt_state=None, *, mask=None):
-        """True online learning: update the parameters with ``optimizer`` at every step.
-
-        Args:
-          xs, ys: inputs and targets, time leading.
-          step_loss: ``step_loss(out, target) -> scalar`` for one sample.
-          optimizer: an optax ``GradientTransformation`` (anything with ``init`` and
-            ``update(grads, state, params)``); gradients are ``{param name: array}``.
-          opt_state: the optimizer state to continue from (``optimizer.init`` if None).
-          mask: optional ``(T,)`` weights of the step losses.
-
-        Returns:
-          ``(opt_state, losses)``; the model's parameters, hidden states and traces advance.
-        """
-        self._require_graph()
-        args = as_args(xs, multi=True)
-        self._check_args(args, True)
-        _check_step_loss(step_loss, "train_online(xs, ys, step_loss, optimizer)", required=True)
-        return self._train_online(args, ys, step_loss, optimizer, opt_state, mask, None)
-
-    def _train_online(self, args, ys, step_loss, optimizer, opt_state, mask, modulator):
-        """The per-step optimiser loop of every trace learner (``modulator``: three-factor's input)."""
-        T = jax.tree.leaves(args)[0].shape[0]
-        check_targets(ys, T)
-        mask = check_mask(mask, T)
-        if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
-            raise ArgumentError(f"train_online: 'optimizer' must be an optax GradientTransformation (with init and "
-                                f"update), e.g. optax.adam(1e-3); got {optimizer!r}")
-        params = self.params()
-        if opt_state is None:
-            opt_state = optimizer.init(params)
-        check = bool(self.check_finite)
-        key = ("online", step_loss, optimizer, check)
-        fn = self._jit_cache.get(key)
-        if fn is None:
-            fn = self._jit_cache[key] = jax.jit(self._online_scan(step_loss, optimizer, check, False))
-        mf = self.graph.mf
-        _, hidden, others = mf.values()
-        args, ys = self.put_inputs(args, 1), self.put_inputs(ys, 1)
-        (params, opt_state, hidden, others, traces), losses, summary, _ = fn(params, opt_state, hidden, others,
-                                                                             self.etrace.value, args, ys, mask,
-                                                                             modulator)
-        self.set_params(params)
-        mf.write(hidden, others)
-        self.etrace.value = traces
-        if check:
-            items = self._scan_items(len(args), traces)
-            finite.raise_host("train_online", items, summary)
-        return opt_state, losses
-
-    def _online_scan(self, step_loss, optimizer, check: bool, return_out: bool):
-        """``run(params, opt_state, hidden, others, traces, args, ys, mask, modulator) -> (carry,
-        losses, finite-check summary or None, outputs or None)``: an optimiser update at every step
-        (`window_grads` of a window of one), scanned over the sequence; pure."""
-        def run(params, opt_state, hidden, others, traces, args, ys, mask, mods):
-            def body(carry, inp):
-                p, st, h, o, tr = carry
-                a, y, m, mod = jax.tree.map(lambda v: v[None], inp)
-                p_leaves, p_tree = jax.tree.flatten(self.param_tuple(p))
-                (ls, out, h2, o2, tr2), g_leaves = self.window_grads(p_leaves, p_tree, h, o, tr, a, y, m, mod,
-                                                                     step_loss, "window")
-                h2, o2, tr2 = self.constrain_carry(h2, o2, tr2)
-                row = None
-                if check:  # the parameters this step used, and what it computed from them
-                    row = self._scan_row(a, finite.flags(p_leaves), h2, tr2, out, ls, g_leaves)
-                updates, st = optimizer.update(self._grads_to_dict(g_leaves, p), st, p)
-                p = jax.tree.map(lambda a_, b_: a_ + b_, p, updates)
-                out = jax.tree.map(lambda v: v[0], out) if return_out else None
-                return (p, st, h2, o2, tr2), (jnp.sum(ls), row, out)
-
-            carry, (losses, rows, outs) = jax.lax.scan(body, (params, opt_state, hidden, others, traces),
-                                                       (args, ys, mask, mods))
-            return carry, losses, (finite.summarise(rows) if check else None), outs
-
-        return run
-
-    def online_fn(self, step_loss: Callable, optimizer, *, return_out: bool = False) -> Callable:
-        """The pure computation behind `train_online`, for users who carry state themselves (as
-        `sequence_fn` is for `etrace_grad`; the training command's ``--update step`` runs it).
-
-        Returns ``fn(params, opt_state, hidden, others, traces, xs, ys, mask)`` returning
-        ``(params', opt_state', hidden', others', traces', losses (T,)[, outputs])``: an
-        ``optimizer`` update at every step from that step's online gradient of ``mask_t mean_b
-        step_loss``. It reads and writes no state and makes no finite check; jit it.
-        """
-        self._require_graph()
-        run = self._online_scan(step_loss, optimizer, False, return_out)
-
-        def fn(params, opt_state, hidden, others, traces, xs, ys, mask):
-            carry, losses, _, outs = run(params, opt_state, hidden, others, traces, as_args(xs, multi=True), ys,
-                                         mask, None)
-            return tuple(carry) + (losses,) + ((outs,) if return_out else ())
-
-        return fn
-
     def window_grads(self, p_leaves, p_tree, hidden, others, traces, a, y, mask, modulator, step_loss, mode):
         """One window of the drivers: ``((losses, out, hidden', others', traces'), grad leaves)``.
 
@@ -531,14 +438,6 @@ class SequenceDrivers:
         return _with_arrays(fn, captured)
 
 
-def _check_step_loss(step_loss, where: str, required: bool = False) -> None:
-    if step_loss is None and not required:
-        return
-    if not callable(step_loss):
-        raise ArgumentError(f"{where}: 'step_loss' must be a function step_loss(out, target) -> scalar for one "
-                            f"sample, got {step_loss!r}")
-
-
 def _with_arrays(fn, captured):
     """``fn(params, hidden, others, traces, args, ys, mask, modulator=None)`` with the loss's
     captured arrays passed in."""
@@ -555,15 +454,3 @@ def _all_finite(leaves):
         if jnp.issubdtype(x.dtype, jnp.inexact):
             ok = ok & jnp.all(jnp.isfinite(x))
     return ok
-
-
-def as_args(inputs, *, multi: bool) -> tuple:
-    if isinstance(inputs, MultiStepData):
-        if not multi:
-            raise NotSupportedError("step() takes one time step; use etrace_grad or learner(MultiStepData(...))")
-        return inputs.data
-    if isinstance(inputs, SingleStepData):
-        if multi:
-            raise ArgumentError("etrace_grad needs inputs with a leading time axis, not SingleStepData")
-        return inputs.data
-    return inputs if isinstance(inputs, tuple) else (inputs,)

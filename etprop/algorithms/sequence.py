@@ -54,8 +54,8 @@ from etprop.errors import ArgumentError
 from etprop.fncache import split as split_fn
 from etprop.input_data import MultiStepData, SingleStepData
 
-__all__ = ["REDUCTIONS", "LOSS_OUTPUTS", "check_chunk_size", "check_mask", "check_targets", "sequence_length",
-           "to_windows", "step_fn_grad", "finish_step_fn_grad", "step_fn_evolve"]
+__all__ = ["REDUCTIONS", "LOSS_OUTPUTS", "check_chunk_size", "check_mask", "check_step_loss", "check_targets",
+           "sequence_length", "to_windows", "step_fn_grad", "finish_step_fn_grad", "step_fn_evolve"]
 
 REDUCTIONS = ("mean", "sum")
 LOSS_OUTPUTS = ("per_step", "masked", "scalar")
@@ -124,6 +124,15 @@ def check_mask(mask, T: int) -> jax.Array:
     if mask.shape != (T,):
         raise ArgumentError(f"mask must have shape ({T},) (one weight per step), got {mask.shape}")
     return mask
+
+
+def check_step_loss(step_loss, where: str, required: bool = False) -> None:
+    """``step_loss`` is callable (or None where not ``required``); `ArgumentError` naming it."""
+    if step_loss is None and not required:
+        return
+    if not callable(step_loss):
+        raise ArgumentError(f"{where}: 'step_loss' must be a function step_loss(out, target) -> scalar for one "
+                            f"sample, got {step_loss!r}")
 
 
 def check_targets(ys, T: int) -> None:

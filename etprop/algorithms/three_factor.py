@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from etprop.algorithms.base import unflatten_out_seq
-from etprop.algorithms.drivers import as_args
+from etprop.input_data import as_args
 from etprop.algorithms.vjp import online_custom_vjp
 from etprop.algorithms.etrace import TraceLearner, decay_option
 from etprop.algorithms.traces import TraceRule
