@@ -20,6 +20,8 @@ shrinks everything for the smoke test):
             online learner's.
 ``deep``    3 feed-forward layers of 512 LIF units, batch 128, T = 1000. GPU only (refused on
             CPU unless ``--quick``).
+``scale``   sparse recurrent LIF (fan-in 76), 8,192 / 32,768 / 131,072 neurons: see
+            `benchmarks.scale` (not part of ``all``).
 
 Contenders (per configuration): ``forward-only`` (the same model's plain step and loss scanned,
 no gradient), ``trace-update floor`` (a bare jitted scan doing only the per-step D-RTRL trace

@@ -175,19 +175,16 @@ def test_ecosystem_comparison_runs(capsys, tmp_path):
 
 def test_scale_quick():
     """The scale suite (benchmarks/scale.py: sparse recurrent LIF, fan-in 76) at 128 neurons,
-    one configuration; braintrace's ES-D-RTRL where braintrace can run the sparse model."""
+    one configuration; braintrace left out (its sparse kernel compiles slowly): its row is
+    reported as skipped, not failed."""
     lines = []
-    res = bench.main(["--suite", "scale", "--quick", "--device", "cpu", "--no-mem", "--batch", "2",
-                      "--contenders", bench.ESDRTRL, bench.BT_ES], log=lines.append)
+    res = bench.main(["--suite", "scale", "--quick", "--device", "cpu", "--no-mem", "--no-braintrace",
+                      "--batch", "2", "--contenders", bench.ESDRTRL, bench.BT_ES], log=lines.append)
     sc = res["scale"]
     (r,) = sc["rows"]
     assert (r["hidden"], r["T"], r["batch"], r["synapses"]) == (128, 8, 2, 128 * 76)
-    names = {bench.FORWARD, bench.BPTT, bench.ESDRTRL}
-    if bench.BT_ES in r["contenders"]:
-        names.add(bench.BT_ES)
-    else:  # braintrace missing or refusing the model: said so, not failed
-        assert bench.BT_ES in r["skipped"]
-    _check_timing(r, names)
+    _check_timing(r, {bench.FORWARD, bench.BPTT, bench.ESDRTRL})
+    assert "--no-braintrace" in r["skipped"][bench.BT_ES]
     assert r["contenders"][bench.ESDRTRL]["grad_cosine_vs_bptt"] > 0.9
     assert [g["goal"] for g in sc["goals"]] == ["ES-D-RTRL <= 3x forward-only", "D-RTRL <= 4x forward-only"]
     text = "\n".join(lines)
