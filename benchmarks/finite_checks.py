@@ -19,8 +19,6 @@ on / off ratios.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +29,7 @@ import jax.numpy as jnp
 
 import etprop
 from benchmarks.models import make_model, mse
+from benchmarks.step_fn import header, parse_args, sequences
 
 
 def _forms(learner, xs, ys):
@@ -53,9 +52,7 @@ def _forms(learner, xs, ys):
 
 
 def measure(hidden=256, batch=16, T=100, repeats=7, n_in=16, n_out=4):
-    k1, k2 = jax.random.split(jax.random.key(0))
-    xs = jax.random.normal(k1, (T, batch, n_in))
-    ys = jax.random.normal(k2, (T, batch, n_out))
+    xs, ys = sequences(T, batch, n_in, n_out)
     rows = []
     for name, algo in (("D-RTRL", etprop.D_RTRL), ("ES-D-RTRL", etprop.ES_D_RTRL)):
         forms = {}
@@ -80,16 +77,9 @@ def measure(hidden=256, batch=16, T=100, repeats=7, n_in=16, n_out=4):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--T", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=7)
-    a = p.parse_args(argv)
+    a = parse_args(__doc__, 7, argv)
     rows = measure(a.hidden, a.batch, a.T, a.repeats)
-    print(f"# finite checks, gru hidden {a.hidden}, batch {a.batch}, T {a.T}; {time.strftime('%Y-%m-%d')}, "
-          f"{platform.processor() or platform.machine()}, jax {jax.__version__}, brainstate {bs.__version__}, "
-          f"etprop {etprop.__version__}\n")
+    print(header("finite checks", a))
     print("| learner | form | wall ms, on | wall ms, off | on / off | CPU ms, on | CPU ms, off | on / off |")
     print("|---|---|---|---|---|---|---|---|")
     for name, form, on, off, con, coff in rows:

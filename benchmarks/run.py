@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import importlib
 import json
 import os
 import platform
@@ -80,7 +81,9 @@ DRTRL_STEP = "D-RTRL per-step"
 ESDRTRL = "ES-D-RTRL"
 BT_DRTRL = "braintrace D-RTRL"
 BT_ES = "braintrace ES-D-RTRL"
-BT_OF = {DRTRL: BT_DRTRL, DRTRL_STEP: BT_DRTRL, ESDRTRL: BT_ES}  # etprop row -> braintrace's same rule
+DRTRL_POST = "D-RTRL post-signal"  # learning_signal='post' (braintrace's convention)
+ESDRTRL_POST = "ES-D-RTRL post-signal"
+BT_OF = {DRTRL: BT_DRTRL, DRTRL_STEP: BT_DRTRL, ESDRTRL: BT_ES, DRTRL_POST: BT_DRTRL, ESDRTRL_POST: BT_ES}  # etprop row -> braintrace's same rule
 ONLINE = (DRTRL, ESDRTRL, BT_DRTRL, BT_ES)
 MiB = 2 ** 20
 
@@ -167,7 +170,7 @@ def header_line(m: dict) -> str:
 
 def braintrace_available() -> tuple[bool, str]:
     try:
-        import braintrace  # noqa: F401
+        importlib.import_module("braintrace")
     except Exception as e:  # noqa: BLE001
         return False, f"braintrace not available (import failed: {type(e).__name__}: {e}); its rows are skipped"
     return True, "braintrace available"
@@ -330,6 +333,10 @@ def contenders(wl: Workload, hidden, batch, xs, ys, *, with_braintrace=True, wit
         Contender(DRTRL_STEP, lambda jit=False: _etprop_fn(wl, etprop.D_RTRL, hidden, batch, xs, ys, 1, jit=jit)),
         Contender(ESDRTRL, lambda jit=False: _etprop_fn(wl, etprop.ES_D_RTRL, hidden, batch, xs, ys, chunk, jit=jit,
                                                         decay_or_rank=ES_DECAY)),
+        Contender(DRTRL_POST, lambda jit=False: _etprop_fn(wl, etprop.D_RTRL, hidden, batch, xs, ys, jit=jit,
+                                                           learning_signal="post")),
+        Contender(ESDRTRL_POST, lambda jit=False: _etprop_fn(wl, etprop.ES_D_RTRL, hidden, batch, xs, ys, jit=jit,
+                                                             decay_or_rank=ES_DECAY, learning_signal="post")),
     ]
     if with_braintrace and with_bt_drtrl:
         cs.append(Contender(BT_DRTRL, lambda jit=False: _braintrace_fn(wl, "D_RTRL", hidden, batch, xs, ys),
@@ -339,6 +346,8 @@ def contenders(wl: Workload, hidden, batch, xs, ys, *, with_braintrace=True, wit
                                                                     decay_or_rank=ES_DECAY), lib="braintrace"))
     if names is not None:
         cs = [c for c in cs if c.name in names]
+    else:  # the post-signal rows only where a suite asks for them (the scale suite does)
+        cs = [c for c in cs if c.name not in (DRTRL_POST, ESDRTRL_POST)]
     return cs
 
 
@@ -730,7 +739,6 @@ def memory_scaling(res: dict) -> dict:
         if all(x is not None for x in v):
             vals[n] = [x - e["input_bytes"] for x, e in zip(v, res["rows"])]
     out = {"metric": metric, "Ts": Ts, "contenders": {}}
-    t_ratio = Ts[-1] / Ts[0]
     for n, v in vals.items():
         icpt, slope = _linfit(Ts, v)
         growth = v[-1] / v[0] if v[0] > 0 else float("inf")
@@ -962,13 +970,9 @@ def _suite_cfg(suite: str, args) -> dict:
     return cfg
 
 
-def main(argv=None, log=print) -> dict:
-    args = parse_args(argv)
-    if args.probe_peak:
-        print("PEAK " + json.dumps(probe_peak(json.loads(args.probe_peak))), flush=True)
-        return {}
-    device = _device(args.device)
-    gpu = device.platform != "cpu"
+def _suites(args, gpu: bool, log) -> tuple[str, ...]:
+    """The suites ``--suite`` names, in order ("all": `SUITE_ORDER`); ``deep`` dropped on a CPU
+    (with a note) unless the shapes are tiny or given."""
     suites = tuple(dict.fromkeys(x for s_ in args.suite for x in (SUITE_ORDER if s_ == "all" else (s_,))))
     if "deep" in suites and not gpu and not args.quick and not (args.hidden and args.T and args.batch):
         msg = ("deep (3 x 512 LIF, batch 128, T = 1000) is a GPU suite; on CPU it runs only with --quick "
@@ -977,6 +981,45 @@ def main(argv=None, log=print) -> dict:
             raise SystemExit(msg)
         log(f"note: {msg}; skipped")
         suites = tuple(s_ for s_ in suites if s_ != "deep")
+    return suites
+
+
+def _memory_suite(wl, cfg: dict, args, bt_ok: bool, gpu: bool, head: str, log) -> tuple[dict, list]:
+    """The ``memory`` suite: its result and its goals (both logged as tables)."""
+    log(f"\n== memory: {wl.name} hidden={cfg['hidden'][0]} batch={cfg['batch']} T={cfg['T']} ==")
+    res = run_memory(wl, cfg["hidden"][0], cfg["batch"], cfg["T"], with_braintrace=bt_ok,
+                     chunk=args.chunk, peak_procs=args.peak_procs if gpu else 0,
+                     names=args.contenders, log=log)
+    goals = memory_goals(res)
+    log("\n" + memory_table(res, head) + "\n\n" + goals_table(goals))
+    return res, goals
+
+
+def _deep_peaks(rows: list, wl, args, head: str, log) -> None:
+    """The device peak of every contender of the ``deep`` suite's ``rows`` (a fresh process each),
+    stored in the rows as ``peak`` and logged as a table."""
+    specs = [{"workload": wl.name, "name": n, "hidden": r["hidden"], "T": r["T"], "batch": r["batch"],
+              "chunk": args.chunk} for r in rows for n in r["contenders"] if n != FLOOR]
+    log(f"  [peak] deep: measuring {len(specs)} device peaks")
+    for s, p in zip(specs, measure_peaks(specs, args.peak_procs, log)):
+        for r in rows:
+            if (r["hidden"], r["T"]) == (s["hidden"], s["T"]) and s["name"] in r["contenders"]:
+                r["contenders"][s["name"]]["peak"] = p
+    peak_rows = [[f"h={r['hidden']} T={r['T']}", n,
+                  _f(_div((r["contenders"][n].get("peak") or {}).get("peak_bytes"), MiB), "{:.1f}")]
+                 for r in rows for n in r["contenders"] if n != FLOOR]
+    log(f"\n**deep: device peak memory** (peak_bytes_in_use, a fresh process per contender)\n{head}\n\n"
+        + _table(["config", "contender", "device peak MiB"], peak_rows))
+
+
+def main(argv=None, log=print) -> dict:
+    args = parse_args(argv)
+    if args.probe_peak:
+        print("PEAK " + json.dumps(probe_peak(json.loads(args.probe_peak))), flush=True)
+        return {}
+    device = _device(args.device)
+    gpu = device.platform != "cpu"
+    suites = _suites(args, gpu, log)
     repeats = args.repeats or (2 if args.quick else 5)
     bt_max = args.bt_drtrl_max_hidden if args.bt_drtrl_max_hidden is not None else (None if gpu else 512)
     info = machine_info(device)
@@ -1009,13 +1052,7 @@ def main(argv=None, log=print) -> dict:
                 continue
             wl = WORKLOADS[cfg["workload"]]
             if suite == "memory":
-                log(f"\n== memory: {wl.name} hidden={cfg['hidden'][0]} batch={cfg['batch']} T={cfg['T']} ==")
-                res = run_memory(wl, cfg["hidden"][0], cfg["batch"], cfg["T"], with_braintrace=bt_ok,
-                                 chunk=args.chunk, peak_procs=args.peak_procs if gpu else 0,
-                                 names=args.contenders, log=log)
-                result["memory"] = res
-                goals = memory_goals(res)
-                log("\n" + memory_table(res, head) + "\n\n" + goals_table(goals))
+                result["memory"], goals = _memory_suite(wl, cfg, args, bt_ok, gpu, head, log)
                 result["goals"] += goals
                 save()
                 continue
@@ -1037,18 +1074,7 @@ def main(argv=None, log=print) -> dict:
                     log("\n" + timing_table(res, head) + "\n\n" + goals_table(goals))
                     save()
             if suite == "deep" and gpu and not args.quick:
-                specs = [{"workload": wl.name, "name": n, "hidden": r["hidden"], "T": r["T"], "batch": r["batch"],
-                          "chunk": args.chunk} for r in result["deep"] for n in r["contenders"] if n != FLOOR]
-                log(f"  [peak] deep: measuring {len(specs)} device peaks")
-                for s, p in zip(specs, measure_peaks(specs, args.peak_procs, log)):
-                    for r in result["deep"]:
-                        if (r["hidden"], r["T"]) == (s["hidden"], s["T"]) and s["name"] in r["contenders"]:
-                            r["contenders"][s["name"]]["peak"] = p
-                peak_rows = [[f"h={r['hidden']} T={r['T']}", n,
-                              _f(_div((r["contenders"][n].get("peak") or {}).get("peak_bytes"), MiB), "{:.1f}")]
-                             for r in result["deep"] for n in r["contenders"] if n != FLOOR]
-                log(f"\n**deep: device peak memory** (peak_bytes_in_use, a fresh process per contender)\n{head}\n\n"
-                    + _table(["config", "contender", "device peak MiB"], peak_rows))
+                _deep_peaks(result["deep"], wl, args, head, log)
                 save()
     if result["equality"]:
         log("\n**equality check** (etprop vs braintrace, float64, small instance)\n\n"

@@ -49,7 +49,7 @@ TAU_MEM = 0.9
 CPU_B8_MAX = 32768  # CPU: batch 8 up to this size
 MEM_T = (100, 400)
 QUICK_MEM_T = (16, 64)
-NAMES = [R.DRTRL, R.ESDRTRL, R.BT_DRTRL, R.BT_ES]  # + forward-only and BPTT (run_timing keeps them)
+NAMES = [R.DRTRL, R.ESDRTRL, R.DRTRL_POST, R.ESDRTRL_POST, R.BT_DRTRL, R.BT_ES]  # + forward-only and BPTT (run_timing keeps them)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +247,9 @@ def goals(out: dict) -> list[dict]:
     g = []
     for r in out["rows"]:
         where = f"scale n={r['hidden']} T={r['T']} B={r['batch']}"
-        for name, lim in ((R.ESDRTRL, 3.0), (R.DRTRL, 4.0)):
+        for name, lim in ((R.ESDRTRL, 3.0), (R.DRTRL, 4.0), (R.ESDRTRL_POST, 3.0), (R.DRTRL_POST, 4.0)):
+            if "post" in name and name not in r["contenders"]:
+                continue  # the learning_signal='post' rows: goals where they ran
             v = r["contenders"].get(name, {}).get("vs_forward")
             g.append({"where": where, "goal": f"{name} <= {lim:g}x forward-only",
                       "measured": None if v is None else f"{v:.2f}", "value": v,

@@ -44,10 +44,31 @@ def median_time(call, repeats) -> float:
     return statistics.median(out)
 
 
-def measure(hidden=256, batch=16, T=100, repeats=5, n_in=16, n_out=4):
+def sequences(T, batch, n_in, n_out):
+    """The workload's inputs ``xs`` ``(T, batch, n_in)`` and targets ``ys`` ``(T, batch, n_out)``, standard normal."""
     k1, k2 = jax.random.split(jax.random.key(0))
-    xs = jax.random.normal(k1, (T, batch, n_in))
-    ys = jax.random.normal(k2, (T, batch, n_out))
+    return jax.random.normal(k1, (T, batch, n_in)), jax.random.normal(k2, (T, batch, n_out))
+
+
+def parse_args(doc: str, repeats: int, argv=None) -> argparse.Namespace:
+    """The command line of a benchmark of the GRU workload: ``--hidden --batch --T --repeats``."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--T", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=repeats)
+    return p.parse_args(argv)
+
+
+def header(title: str, a: argparse.Namespace) -> str:
+    """The first line of a GRU workload table: the workload, the date, the machine and the versions."""
+    return (f"# {title}, gru hidden {a.hidden}, batch {a.batch}, T {a.T}; {time.strftime('%Y-%m-%d')}, "
+            f"{platform.processor() or platform.machine()}, jax {jax.__version__}, brainstate "
+            f"{brainstate.__version__}, etprop {etprop.__version__}\n")
+
+
+def measure(hidden=256, batch=16, T=100, repeats=5, n_in=16, n_out=4):
+    xs, ys = sequences(T, batch, n_in, n_out)
     rows = {}
     bptt = etprop.compile(make_model("gru", n_in, hidden, n_out, batch_size=batch), etprop.BPTT, xs[0],
                           batch_size=batch)
@@ -77,16 +98,10 @@ def measure(hidden=256, batch=16, T=100, repeats=5, n_in=16, n_out=4):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--T", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=5)
-    a = p.parse_args(argv)
+    a = parse_args(__doc__, 5, argv)
     rows = measure(a.hidden, a.batch, a.T, a.repeats)
     bptt = rows["BPTT (loss_fn)"]
-    print(f"# step_fn form, gru hidden {a.hidden}, batch {a.batch}, T {a.T}; {time.strftime('%Y-%m-%d')}, "
-          f"{platform.processor() or platform.machine()}, jax {jax.__version__}, etprop {etprop.__version__}\n")
+    print(header("step_fn form", a))
     print("| contender | ms / sequence | x BPTT |")
     print("|---|---|---|")
     for name, t in rows.items():

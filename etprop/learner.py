@@ -20,7 +20,7 @@ __all__ = ["compile"]
 def compile(model, algorithm, *example_inputs, batch_size: int | None = None, seed: int | None = None,
             verbose: int = 0, vmap: bool = False, cross_shape: str = "error", check_finite: bool = True,
             trace_dtype=None, mesh=None, batch_axis: str | None = None, trace_axis: str | None = None,
-            **options) -> OnlineAlgorithm:
+            learning_signal: str = "pre", **options) -> OnlineAlgorithm:
     """Build the learner ``algorithm`` for ``model`` and compile it on ``example_inputs``.
 
     Args:
@@ -60,6 +60,15 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
         ``batch_size`` must divide over it), parameters replicated, gradients reduced by XLA's
         collectives. ``trace_axis``: another mesh axis that also splits D-RTRL's per-parameter
         traces along each weight's output axis (for traces too big for one device).
+      learning_signal: ``'pre'`` (default): each step's gradient is ``dL^t/dh^{t-1}`` through the
+        whole step (so the last step's path through ETP inputs, e.g. recurrent weights, and
+        every parameter's current-step term are exact) times the trace before the step.
+        ``'post'``: ``dL^t/dh^t`` through the readout only times the trace after the step
+        (braintrace's convention): no backward pass through the step, so cheaper where the step
+        is expensive (large sparse recurrent layers); equal to ``'pre'`` where no hidden state
+        feeds an ETP operator's input, and it drops the last step's recurrent path where one
+        does. Per-step mode only; needs the outputs to be a function of the new hidden state
+        (`etprop.graph.readout`). For the learners on per-relation traces.
       **options: algorithm options, e.g. ``decay_or_rank=0.9``.
 
     Example::
@@ -101,6 +110,7 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
     learner.cross_shape = cross_shape
     learner.check_finite = bool(check_finite)
     learner.trace_dtype = _check_trace_dtype(trace_dtype, learner)
+    learner.learning_signal = _check_learning_signal(learning_signal, learner)
     placement = make_placement(mesh, batch_axis, trace_axis, batch_size)
     if placement is not None:  # several processes: each may give its slice of the batch
         example_inputs = placement.global_example(example_inputs)
@@ -132,6 +142,16 @@ def _check_trace_dtype(trace_dtype, learner):
     return dt
 
 
+def _check_learning_signal(signal, learner) -> str:
+    if signal not in ("pre", "post"):
+        raise ArgumentError(f"learning_signal must be 'pre' (default: dL/dh before the step) or 'post' (dL/dh after "
+                            f"it, through the readout only), got {signal!r}")
+    if signal == "post" and not getattr(learner, "takes_post_signal", False):
+        raise ArgumentError(f"learning_signal='post' applies to the learners on per-relation traces (D-RTRL, "
+                            f"ES-D-RTRL, hybrid, e-prop, OSTL); {type(learner).__name__} carries no such traces")
+    return signal
+
+
 def _check_options(cls, options: dict) -> None:
     """An option the learner's constructor does not take is an `ArgumentError` listing the ones it takes
     (not the constructor's ``TypeError``)."""
@@ -146,7 +166,8 @@ def _check_options(cls, options: dict) -> None:
     if unknown:
         raise ArgumentError(f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; its options are "
                             f"{accepted or 'none'} (etprop.compile's own: batch_size, seed, verbose, vmap, "
-                            f"cross_shape, check_finite, trace_dtype, mesh, batch_axis, trace_axis, vjp_method)")
+                            f"cross_shape, check_finite, trace_dtype, mesh, batch_axis, trace_axis, learning_signal, "
+                            f"vjp_method)")
 
 
 # learners that draw random numbers: the option that takes compile's seed

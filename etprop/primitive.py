@@ -162,6 +162,12 @@ class ETPPrimitive:
         unit of ``x`` with those of all non-bias parameters.
       out_to_param: ``{param_name: fn(v, params, aux, config)}``, see module doc.
       param_grad: ``param_grad(x, dy, params, aux, config) -> dict`` per sample.
+      chunkable: whether the closed form over a chunk of steps pays for this operator. A
+        dense product's pullback summed over ``K`` steps is one ``(I x K)(K x O)`` matmul, which
+        is why the learners default to chunks; a gather/scatter operator's (`sparse_matmul`)
+        touches every stored value once per step anyway and materialises ``(K, nse)``
+        intermediates, so ``False`` makes learners on a graph with it default to per-step mode
+        (the same gradients; an explicit ``closed_form_chunk`` still takes the closed form).
       doc: one line for reports.
 
     Examples:
@@ -188,6 +194,7 @@ class ETPPrimitive:
         out_unit: Callable | None = None,
         out_to_param: Mapping[str, Callable] | None = None,
         param_grad: Callable | None = None,
+        chunkable: bool = True,
         doc: str = "",
     ):
         if not isinstance(name, str) or not name.isidentifier():
@@ -202,6 +209,9 @@ class ETPPrimitive:
         self.out_unit = out_unit
         self.out_to_param = dict(out_to_param or {})
         self._param_grad = param_grad
+        if not isinstance(chunkable, bool):
+            raise ArgumentError(f"ETPPrimitive {name!r}: 'chunkable' must be True or False, got {chunkable!r}")
+        self.chunkable = chunkable
         self.doc = doc
         unknown = set(self.out_to_param) - set(self.param_names)
         if unknown:

@@ -58,6 +58,15 @@ class _RNN(brainstate.nn.Module):
         return self.h.value
 
 
+class _ReadsOldState(_RNN):
+    """Its output reads the pre-step hidden state besides the new one."""
+
+    def update(self, x, b):
+        old = self.h.value
+        self.h.value = 0.5 * old + jnp.tanh(etprop.matmul(x, self.w.value) + b)
+        return self.h.value + old
+
+
 class _NoOperator(_RNN):
     def update(self, x, b):
         self.h.value = 0.5 * self.h.value + jnp.tanh(x @ self.w.value + b)
@@ -203,9 +212,19 @@ CASES = [
     Case("sparse_matmul: input size differs from the structure",
          lambda: etprop.sparse_matmul(jnp.ones((4, 5)), STRUCTURE.data, sparse_mat=STRUCTURE),
          etprop.OperandError, ("'x'", "(4, 5)", "'sparse_mat' (3, 2)", "expected 3")),
+    Case("sparse_matmul: a padded structure (index outside the shape)",
+         lambda: etprop.sparse_matmul(jnp.ones(3), jnp.ones(2), sparse_mat=sparse.BCOO(
+             (jnp.ones(2), jnp.array([[0, 1], [3, 2]], jnp.int32)), shape=(3, 2))),
+         etprop.OperandError, ("stored value 1", "(3, 2)", "outside its shape", "padding")),
     Case("sparse_matmul: a dense array as the structure",
          lambda: etprop.sparse_matmul(jnp.ones((4, 3)), jnp.ones(3), sparse_mat=jnp.ones((3, 2))),
          etprop.OperandError, ("'sparse_mat'", "ArrayImpl", "BCOO")),
+    Case("matmul: event is not a bool",
+         lambda: etprop.matmul(jnp.ones((2, 3)), jnp.ones((3, 4)), event="yes"),
+         etprop.ArgumentError, ("'event'", "'yes'", "True or False")),
+    Case("matmul(event=True): x holds values other than 0 and 1",
+         lambda: etprop.matmul(jnp.full((2, 3), 0.5), jnp.ones((3, 4)), event=True),
+         etprop.OperandError, ("'x'", "0.5", "0s and 1s", "event=False")),
     Case("lora_matmul: ranks of B and A differ",
          lambda: etprop.lora_matmul(jnp.ones((2, 6)), jnp.ones((6, 2)), jnp.ones((3, 5))),
          etprop.OperandError, ("'A'", "(3, 5)", "'B' (6, 2)", "expected 2")),
@@ -276,6 +295,11 @@ CASES = [
          etprop.ArgumentError, ("order n", "got 0", ">= 1")),
     Case("compile: unknown cross_shape", compile_model(_RNN(), X, B, cross_shape="ignore"),
          etprop.ArgumentError, ("cross_shape", "'ignore'", "'error' or 'warn'")),
+    Case("compile: unknown learning_signal", compile_model(_RNN(), X, B, learning_signal="after"),
+         etprop.ArgumentError, ("learning_signal", "'after'", "'pre'", "'post'")),
+    Case("compile: learning_signal='post' on outputs that read the pre-step state",
+         compile_model(_ReadsOldState(), X, B, learning_signal="post"),
+         etprop.NotSupportedError, ("learning_signal='post'", "pre-step value of hidden state 'h'", "'pre'")),
     Case("compile: an option the learner does not take", compile_model(_RNN(), X, B, decay=0.5),
          etprop.ArgumentError, ("'decay'", "D_RTRL", "its options are")),
 

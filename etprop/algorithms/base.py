@@ -34,6 +34,7 @@ from etprop.algorithms.window import StepSignals, WindowFunctions
 from etprop.errors import ArgumentError, NotSupportedError, OperandError
 from etprop.fncache import LRUCache
 from etprop.graph.compiler import ETraceGraph, Relation, compile_graph
+from etprop.graph.readout import readout_slice
 from etprop.input_data import MultiStepData, SingleStepData, as_args
 from etprop.trace_state import EligibilityTrace
 
@@ -66,6 +67,10 @@ class OnlineAlgorithm(WindowFunctions, SequenceDrivers, brainstate.nn.Module):
     trace_dtype = None
     #: where the arrays live on a device mesh (`etprop.algorithms.placement`), or None: one device
     placement = None
+    #: ``'pre'``: the per-step signal ``dL^t/dh^{t-1}`` through the whole step (default); ``'post'``:
+    #: ``dL^t/dh^t`` through the readout only (braintrace's convention; `etprop.graph.readout`)
+    learning_signal = "pre"
+    _readout = None
 
     def __init__(self, model):
         super().__init__()
@@ -87,6 +92,8 @@ class OnlineAlgorithm(WindowFunctions, SequenceDrivers, brainstate.nn.Module):
                                 else jax.tree.map(lambda a: a[0], example_inputs))
         self._arg_tree = jax.tree.structure(example_inputs)
         self.prepare_rules()
+        self._readout = self._readout_slice()
+        self.per_step_reason = self._per_step_reason()
         self._ops = [RelationOps(self.graph, r, batch_size, self.trace_dtype) for r in self.graph.relations]
         self._rules = [self.trace_rule(r) for r in self.graph.relations]
         self._kinds = {i: self.relation_kind(r) for i, r in enumerate(self.graph.relations)}
@@ -94,8 +101,21 @@ class OnlineAlgorithm(WindowFunctions, SequenceDrivers, brainstate.nn.Module):
         self._hidden0 = self.graph.mf.values()[1]  # what reset() returns the hidden states to
         self._jit_cache = LRUCache(32)  # compiled drivers, keyed by what the user's functions compute
         self._window_fn = self._make_window()
+        self._post_window_fn = self._make_post_window() if self._readout is not None else None
         self._chunk_fns = {}
         return self
+
+    def _readout_slice(self):
+        """The readout slice for ``learning_signal='post'`` (None for ``'pre'``), or
+        `NotSupportedError` saying why the model's step does not allow it."""
+        if self.learning_signal == "pre":
+            return None
+        sl, why = readout_slice(self.graph)
+        if sl is None:
+            raise NotSupportedError(f"{type(self).__name__}: learning_signal='post' needs the step's outputs to be a "
+                                    f"function of the new hidden state (plus parameters, other states and inputs), "
+                                    f"but {why}; use the default learning_signal='pre'")
+        return sl
 
     def _check_cross_shape(self):
         paths = self.graph.cross_shape_paths
@@ -162,6 +182,18 @@ class OnlineAlgorithm(WindowFunctions, SequenceDrivers, brainstate.nn.Module):
         """Called at compile time once the graph is known, before `trace_rule` is asked: a learner
         measures here what its rules depend on (ES-D-RTRL's leaks, OSTL's recurrent groups)."""
 
+    def _per_step_reason(self) -> str | None:
+        """Why this learner defaults to per-step mode although it has closed-form chunks (an
+        operator that declares ``chunkable=False``), or None."""
+        if self._readout is not None:
+            return ("per-step mode: learning_signal='post' (the signal at the post-step state, through the "
+                    "readout only)")
+        slow = sorted({r.call.primitive.name for r in self.graph.relations if not r.call.primitive.chunkable})
+        if not slow or not self.default_chunk:
+            return None
+        return (f"per-step mode by default: the closed form over a chunk costs more than single steps for "
+                f"{', '.join(slow)} (pass closed_form_chunk=K to use it anyway)")
+
     def trace_rule(self, rel: Relation) -> TraceRule:
         """The trace rule (`etprop.algorithms.traces`) of one relation: what the learner is."""
         raise NotImplementedError
@@ -223,6 +255,8 @@ class OnlineAlgorithm(WindowFunctions, SequenceDrivers, brainstate.nn.Module):
 
         head = f"{type(self).__name__} on {type(self.model).__name__} (batch_size={self.batch_size})"
         tail = "" if self.step_fn_path is None else f"\nlast etrace_grad(..., step_fn=...): {self.step_fn_path}"
+        if self.per_step_reason:
+            tail = f"\n{self.per_step_reason}" + tail
         return head + "\n" + self.graph.report(algorithm_of=algo, memory_of=self.trace_bytes) + tail
 
     def describe_kind(self, rel, kind) -> str:
@@ -253,6 +287,8 @@ class OnlineAlgorithm(WindowFunctions, SequenceDrivers, brainstate.nn.Module):
         a_leaves = jax.tree.leaves(args_seq)
         if mode == "chunk":
             fn = self._chunk_fns.get(0) or self._chunk_fns.setdefault(0, make_chunk(self))
+        elif self._readout is not None and jax.tree.leaves(args_seq)[0].shape[0] == 1:
+            fn = self._post_window_fn  # learning_signal='post', per step
         else:
             fn = self._window_fn
         outs, h2, o2, tr2 = fn(p_leaves, h_leaves, o_leaves, traces, a_leaves)

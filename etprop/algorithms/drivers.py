@@ -151,6 +151,19 @@ class SequenceDrivers(OnlineUpdates):
         return out
 
     default_chunk = 16
+    #: why per-step mode is the default although closed-form chunks exist (set at compile time)
+    per_step_reason: str | None = None
+
+    def _sequence_mode(self, window: int, chunk_size: int | None) -> tuple[str, int]:
+        """``('chunk', K)``: per-step gradients ``K`` steps at a time in closed form (the default of
+        learners that have it, unless `per_step_reason`; an explicit ``chunk_size`` always), or
+        ``('window', window)``: exact reverse mode over windows (``window=1``: per step)."""
+        if chunk_size and self._readout is not None:
+            raise ArgumentError("closed_form_chunk computes per-step gradients with the pre-step learning signal; "
+                                "a learner compiled with learning_signal='post' runs per step (leave it None)")
+        if window == 1 and self.default_chunk and (chunk_size or not self.per_step_reason):
+            return "chunk", chunk_size or self.default_chunk
+        return "window", window
 
     def sequence_fn(self, step_loss: Callable | None, *, window: int | None = None,
                     closed_form_chunk: int | None = None, return_out: bool = False) -> Callable:
@@ -168,9 +181,7 @@ class SequenceDrivers(OnlineUpdates):
         self._require_graph()
         if window is None:
             window = self.default_window
-        mode = "window"
-        if window == 1 and self.default_chunk:
-            mode, window = "chunk", closed_form_chunk or self.default_chunk
+        mode, window = self._sequence_mode(window, closed_form_chunk)
         scan = self._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
 
         n_res = 6 if return_out else 5  # a trailing finite-check summary is dropped (and DCE'd under jit)
@@ -201,9 +212,7 @@ class SequenceDrivers(OnlineUpdates):
         if chunk_size is not None and chunk_size > 1 and window > 1:
             raise ArgumentError("closed_form_chunk applies to per-step gradients (window=1); a window is already "
                                 "computed by exact reverse mode")
-        mode = "chunk" if window == 1 and self.default_chunk else "window"
-        if mode == "chunk":
-            window = min(chunk_size or self.default_chunk, T)
+        mode, window = self._sequence_mode(window, chunk_size)
         window = min(window, T)
         mask = jnp.ones((T,)) if mask is None else jnp.asarray(mask)
         if mask.shape != (T,):

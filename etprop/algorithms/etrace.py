@@ -52,6 +52,8 @@ class TraceLearner(OnlineAlgorithm):
     """Learners on per-relation traces (`etprop.algorithms.traces`); subclasses pick the rule."""
 
     alpha = 0.0
+    #: whether ``learning_signal='post'`` applies (a loss's gradient read from the traces)
+    takes_post_signal = True
     #: whether this rule's per-parameter trace is D-RTRL's recursion with the single-step
     #: learning signal, exact (= BPTT) wherever the model's structure allows
     exact_param_trace = False

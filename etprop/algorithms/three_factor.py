@@ -62,6 +62,7 @@ class ThreeFactor(TraceLearner):
 
     name = "three-factor"
     default_chunk = 0
+    takes_post_signal = False  # its gradient is the modulator's, not a loss's
 
     def __init__(self, model, state: str | tuple | list | None = None, decay_or_rank: float | int = 0.9):
         super().__init__(model)

@@ -21,6 +21,7 @@ from etprop.algorithms.traces import RelationSignals
 from etprop.algorithms.vjp import online_custom_vjp
 from etprop.graph import executor
 from etprop.graph.compiler import Relation
+from etprop.graph.readout import eval_readout
 
 __all__ = ["StepSignals", "WindowFunctions"]
 
@@ -178,6 +179,37 @@ class WindowFunctions:
             hist = self.relation_history(i, tr["rel"][i], [delta[m] for m in members], ops, count)
             grads[rel.leaf] = grads[rel.leaf] + hist.astype(grads[rel.leaf].dtype)
         return grads
+
+    def readout_outputs(self, h_new, p, o, a):
+        """The step's outputs from its *new* hidden state (`etprop.graph.readout`), over the batch;
+        ``a`` has a window axis of one step."""
+        g, sl = self.graph, self._readout
+
+        def one(h1, o1, a1):
+            return [x[None] for x in eval_readout(g, sl, p, h1, list(o1) + [x[0] for x in a1])]
+
+        if self.batch_size is None:
+            return one(h_new, o, a)
+        return jax.vmap(one, in_axes=(0, self.other_axes(), 1), out_axes=1)(h_new, o, a)
+
+    def _make_post_window(self):
+        """One step with the learning signal at the post-step state (``learning_signal='post'``,
+        braintrace's convention): forward as `window_forward`; backward: the VJP of the readout
+        alone gives ``delta = dL^t/dh^t`` and the readout's direct gradients, and each relation
+        reads its gradient from the trace *after* the step (`window_history` with the advanced
+        traces). No VJP through the step itself (its recurrent products included)."""
+        def fwd(p, h, o, tr, a):
+            outs, h2, o2, tr2, res = self.window_forward(p, h, o, tr, a)
+            return outs, h2, o2, tr2, (h2, tr2, res)
+
+        def bwd(res_all, cts):
+            p, _, o, _, a, (h2, tr2, res) = res_all
+            _, pull = jax.vjp(lambda hh, pl: self.readout_outputs(hh, pl, o, a), list(h2),
+                              self.backward_params(list(p)))
+            delta, grads = pull(cts[0])
+            return self.window_history((p, None, o, tr2, a, res), delta, list(grads))
+
+        return online_custom_vjp(fwd, bwd)
 
     def _make_window(self):
         """The window as one custom-VJP function (`online_custom_vjp`): forward `window_forward`,

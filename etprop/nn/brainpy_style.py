@@ -52,8 +52,9 @@ import numpy as np
 
 from etprop.errors import ArgumentError
 from etprop.nn import neurons, signatures, synapses
-from etprop.nn.neurons import get_dt, to_size
+from etprop.nn.initializers import one_of
 from etprop.nn.surrogate import ReluGrad
+from etprop.nn.units import get_dt, to_size
 
 __all__ = ["BrainpyIF", "BrainpyLIF", "BrainpyALIF", "BrainpyExpon", "BrainpyAlpha", "BrainpyDualExpon",
            "param", "state_value", "register_signatures"]
@@ -193,11 +194,9 @@ class _BrainpyNeuron(_InputsDynamics):
         if not callable(spk_fun):
             raise ArgumentError(f"spk_fun must be a surrogate spike function (e.g. braintools.surrogate.ReluGrad() "
                                 f"or etprop.nn.surrogate.ReluGrad()), got {spk_fun!r}")
-        if spk_reset not in ("soft", "hard"):
-            raise ArgumentError(f"spk_reset must be 'soft' (subtract V_th - V_reset) or 'hard' (set V_reset, the "
-                                f"reset amount detached), got {spk_reset!r}")
         self.spk_fun = spk_fun
-        self.spk_reset = spk_reset
+        self.spk_reset = one_of(spk_reset, "spk_reset", {"soft": "subtract V_th - V_reset",
+                                                         "hard": "set V_reset, the reset amount detached"})
 
     def _reset_amount(self, last_v):
         """What a spike subtracts: ``V_th - V_reset`` (soft) or ``V - V_reset`` detached (hard)."""
@@ -345,15 +344,19 @@ class _BrainpySynapse(_InputsDynamics):
         return dyn
 
 
-class BrainpyExpon(_BrainpySynapse):
-    r"""brainpy.state's ``Expon``: ``g <- g e^{-dt/tau}`` (current inputs in the derivative),
-    then the delta inputs and ``x`` are added; returns ``g``. State ``g`` (unit of ``g_initializer``)."""
+class _OneTauSynapse(_BrainpySynapse):
+    """A synapse of one time constant ``tau``, in brainpy.state's signature."""
 
     def __init__(self, in_size, name: str | None = None, tau=8. * u.ms, g_initializer=0. * u.mS,
                  convention: str = "brainpy"):
         super().__init__(in_size, name, g_initializer, convention)
         self.tau = param(tau, self.varshape, "tau")
         self.init_state()
+
+
+class BrainpyExpon(_OneTauSynapse):
+    r"""brainpy.state's ``Expon``: ``g <- g e^{-dt/tau}`` (current inputs in the derivative),
+    then the delta inputs and ``x`` are added; returns ``g``. State ``g`` (unit of ``g_initializer``)."""
 
     def update(self, x=None):
         g = brainstate.nn.exp_euler_step(lambda g_: self.sum_current_inputs(-g_) / self.tau, self.g.value)
@@ -362,17 +365,11 @@ class BrainpyExpon(_BrainpySynapse):
         return self.g.value
 
 
-class BrainpyAlpha(_BrainpySynapse):
+class BrainpyAlpha(_OneTauSynapse):
     r"""brainpy.state's ``Alpha``: ``g <- g e^{-dt/tau} + h (1 - e^{-dt/tau})`` with the old ``h``,
     then ``h <- h e^{-dt/tau}`` plus the delta inputs and ``x``; returns ``g``. States ``g``, ``h``."""
 
     _state_names = ("g", "h")
-
-    def __init__(self, in_size, name: str | None = None, tau=8. * u.ms, g_initializer=0. * u.mS,
-                 convention: str = "brainpy"):
-        super().__init__(in_size, name, g_initializer, convention)
-        self.tau = param(tau, self.varshape, "tau")
-        self.init_state()
 
     def update(self, x=None):
         h = brainstate.nn.exp_euler_step(lambda h_: -h_ / self.tau, self.h.value)

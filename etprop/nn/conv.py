@@ -68,7 +68,7 @@ class _ConvNd(brainstate.nn.Module):
 
 
 class Conv1d(_ConvNd):
-    r"""1-D convolution, channels last, through `etprop.conv`.
+    r"""1-D convolution, channels last, through `etprop.conv` (`Conv2d`, `Conv3d`: the same in 2-D, 3-D).
 
     .. math::
 
@@ -111,38 +111,13 @@ class Conv1d(_ConvNd):
 
 
 class Conv2d(_ConvNd):
-    r"""2-D convolution, channels last, through `etprop.conv`.
+    r"""2-D convolution, channels last, through `etprop.conv`: `Conv1d` over two spatial axes.
 
-    .. math::
-
-        y[p, o] = \sum_{k, c} x[s\,p + d\,k, c]\; W[k, c, o] + b[o]
-
-    (``s`` stride, ``d`` dilation, ``k`` over the window; ``groups`` splits the channels
-    into independent blocks.)
-
-    Args:
-      in_channels, out_channels: ``C_in`` and ``C_out`` (both divisible by ``groups``).
-      kernel_size: int or 2 ints.
-      stride, dilation: int or 2 ints.
-      padding: ``'SAME'``, ``'VALID'``, ``'SAME_LOWER'`` or 2 ``(low, high)`` pairs.
-      groups: feature groups.
-      bias: learn a bias ``(C_out,)``.
-      w_init: initial kernel ``(*kernel_size, C_in / groups, C_out)``, default LeCun normal
-        (std ``1/sqrt(fan_in)``, fan_in = window size x ``C_in / groups``).
-      b_init: initial bias, default zeros.
-      key: seed or PRNG key.
-      param_type: the class holding ``weight`` and ``bias`` (braintrace's keyword), default
-        `brainstate.ParamState`; `brainstate.FakeState` / `LongTermState` hold them frozen
-        (see `etprop.nn.linear`).
+    The formula, the arguments, the parameters and the online learning are those of `Conv1d`,
+    with ``kernel_size``, ``stride`` and ``dilation`` an int or 2 ints and ``padding``
+    ``'SAME'``, ``'VALID'``, ``'SAME_LOWER'`` or 2 ``(low, high)`` pairs.
 
     Shapes: ``x`` is ``(H, W, C_in)`` or with a leading batch axis; ``y`` likewise with ``C_out``.
-
-    States: none. Parameters: ``weight`` (the kernel), ``bias``.
-
-    Online learning: a kernel element (and a bias element) drives every output position of
-    its channel, so neither has a per-parameter trace: when the output drives a hidden
-    state of the same shape, both are traced with the factorised (ES-D-RTRL) trace under
-    every algorithm, D-RTRL included.
 
     Examples:
         >>> import jax.numpy as jnp, etprop
@@ -154,43 +129,15 @@ class Conv2d(_ConvNd):
 
 
 class Conv3d(_ConvNd):
-    r"""3-D convolution, channels last, through `etprop.conv`.
-
-    .. math::
-
-        y[p, o] = \sum_{k, c} x[s\,p + d\,k, c]\; W[k, c, o] + b[o]
-
-    (``s`` stride, ``d`` dilation, ``k`` over the window; ``groups`` splits the channels
-    into independent blocks.)
-
-    Args:
-      in_channels, out_channels: ``C_in`` and ``C_out`` (both divisible by ``groups``).
-      kernel_size: int or 3 ints.
-      stride, dilation: int or 3 ints.
-      padding: ``'SAME'``, ``'VALID'``, ``'SAME_LOWER'`` or 3 ``(low, high)`` pairs.
-      groups: feature groups.
-      bias: learn a bias ``(C_out,)``.
-      w_init: initial kernel ``(*kernel_size, C_in / groups, C_out)``, default LeCun normal
-        (std ``1/sqrt(fan_in)``, fan_in = window size x ``C_in / groups``).
-      b_init: initial bias, default zeros.
-      key: seed or PRNG key.
-      param_type: the class holding ``weight`` and ``bias`` (braintrace's keyword), default
-        `brainstate.ParamState`; `brainstate.FakeState` / `LongTermState` hold them frozen
-        (see `etprop.nn.linear`).
-
-    Shapes: ``x`` is ``(D, H, W, C_in)`` or with a leading batch axis; ``y`` likewise with ``C_out``.
-
-    States: none. Parameters: ``weight`` (the kernel), ``bias``.
-
-    Online learning: a kernel element (and a bias element) drives every output position of
-    its channel, so neither has a per-parameter trace: when the output drives a hidden
-    state of the same shape, both are traced with the factorised (ES-D-RTRL) trace under
-    every algorithm, D-RTRL included.
+    r"""3-D convolution, channels last, through `etprop.conv`: `Conv1d` over three spatial axes
+    (``x`` is ``(D, H, W, C_in)``, or with a leading batch axis), its sizes given as for `Conv2d`
+    but with 3 ints and 3 ``(low, high)`` padding pairs.
 
     Examples:
         >>> import jax.numpy as jnp, etprop
-        >>> conv = etprop.nn.Conv3d(1, 2, kernel_size=3)            # (B, D, H, W, C)
-        >>> conv(jnp.ones((2, 4, 4, 4, 1))).shape
-        (2, 4, 4, 4, 2)
+        >>> conv = etprop.nn.Conv3d(1, 2, kernel_size=3)             # (B, D, H, W, C)
+        >>> y = conv(jnp.ones((2, 4, 4, 4, 1)))                     # 'SAME' padding keeps D, H, W
+        >>> y.shape, conv.weight.value.shape                       # kernel (3, 3, 3, C_in, C_out)
+        ((2, 4, 4, 4, 2), (3, 3, 3, 1, 2))
     """
     num_spatial = 3

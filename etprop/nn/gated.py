@@ -17,7 +17,7 @@ from etprop import operators as ops
 from etprop.nn.compat import accepts_keywords
 from etprop.nn.initializers import Init, init_array, split_keys
 from etprop.nn.linear import Linear
-from etprop.nn.rnn import RNNCell, activation_fn, concat_xh, make_gates
+from etprop.nn.cells import RNNCell, activation_fn, concat_xh, make_gates
 
 __all__ = ["MiniLSTM", "CFNCell", "URLSTMCell"]
 
@@ -38,11 +38,12 @@ class MiniLSTM(RNNCell):
     through the gates' input ``[x, h]`` is dropped (D-RTRL approximates BPTT).
 
     Examples:
-        >>> import brainstate, jax.numpy as jnp, etprop
-        >>> cell = etprop.nn.MiniLSTM(3, 8)
-        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
-        >>> cell(jnp.ones((4, 3))).shape                              # one step
-        (4, 8)
+        >>> import jax.numpy as jnp, etprop
+        >>> cell = etprop.nn.MiniLSTM(3, 8, key=1)
+        >>> cell.Wf.weight.value.shape, cell.Wx.weight.value.shape    # gates on [x, h]; candidate on x
+        ((11, 8), (3, 8))
+        >>> cell(jnp.ones(3)).shape
+        (8,)
     """
 
     def __init__(self, num_in: int, num_out: int, *, w_init: Init = None, b_init: Init = None, key=None,
@@ -80,9 +81,11 @@ class CFNCell(RNNCell):
     Examples:
         >>> import brainstate, jax.numpy as jnp, etprop
         >>> cell = etprop.nn.CFNCell(3, 8)
-        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
-        >>> cell(jnp.ones((4, 3))).shape                              # one step
-        (4, 8)
+        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)
+        >>> for _ in range(10):                                   # h stays bounded: no chaos
+        ...     h = cell(jnp.ones((4, 3)))
+        >>> h.shape, float(abs(h).max()) < 2.0
+        ((4, 8), True)
     """
 
     def __init__(self, num_in: int, num_out: int, activation: str | Callable = "tanh", *,
@@ -129,11 +132,12 @@ class URLSTMCell(RNNCell):
     (no biases) and ``forget_bias``. Returns ``h_t``.
 
     Examples:
-        >>> import brainstate, jax.numpy as jnp, etprop
-        >>> cell = etprop.nn.URLSTMCell(3, 8)
-        >>> _ = brainstate.nn.init_all_states(cell, batch_size=4)    # hidden states (4, 8)
-        >>> cell(jnp.ones((4, 3))).shape                              # one step
-        (4, 8)
+        >>> import jax.numpy as jnp, etprop
+        >>> cell = etprop.nn.URLSTMCell(3, 8, key=0)
+        >>> cell.forget_bias.value.shape, cell.Wf.bias is None     # one shared trainable bias, no gate biases
+        ((8,), True)
+        >>> [cell(jnp.ones(3)).shape, cell.c.value.shape]
+        [(8,), (8,)]
     """
 
     state_names = ("h", "c")

@@ -16,7 +16,7 @@ import numpy as np
 from etprop.errors import ArgumentError
 
 __all__ = ["Init", "as_key", "default_float", "is_braintools_init", "init_array", "bias_init", "split_keys",
-           "positive_int", "maybe_param", "value_of", "param_holder", "new_param", "LECUN", "ZEROS"]
+           "positive_int", "one_of", "maybe_param", "value_of", "param_holder", "new_param", "LECUN", "ZEROS"]
 
 Init = Callable | jax.Array | np.ndarray | None
 
@@ -84,6 +84,16 @@ def positive_int(v, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ArgumentError(f"'{name}' must be a positive int, got {v!r}")
     return int(v)
+
+
+def one_of(value, name: str, meanings: dict[str, str]):
+    """``value`` if it is one of ``meanings``' keys, else an `ArgumentError` that lists them, each
+    with its meaning: ``one_of("x", "reset", {"zero": "v <- 0"})`` -> "reset must be 'zero' (v <- 0),
+    got 'x'"."""
+    if value not in tuple(meanings):
+        listed = " or ".join(f"{k!r} ({m})" for k, m in meanings.items())
+        raise ArgumentError(f"{name} must be {listed}, got {value!r}")
+    return value
 
 
 def maybe_param(enabled, init, key, shape, name, param_type=None, layer: str = "layer"):

@@ -48,143 +48,28 @@ import numpy as np
 from etprop import operators as ops
 from etprop.errors import ArgumentError
 from etprop.nn import signatures
-from etprop.nn._errors import ArgumentTypeError, SettingMissingError
+from etprop.nn._errors import ArgumentTypeError
+from etprop.nn.initializers import one_of
 from etprop.nn.surrogate import FastSigmoid, Surrogate
+from etprop.nn.units import TimeConstant, batch_shape, dt_over, filled, get_dt, in_unit, to_size, unit_of
 
 __all__ = ["IF", "LIF", "ALIF", "GIF"]
 
 
-# -- helpers shared by etprop.nn's spiking modules ----------------------------------------
-
-def to_size(in_size) -> tuple[int, ...]:
-    """``int`` or sequence of ints -> a shape tuple."""
-    if isinstance(in_size, (int, np.integer)) and not isinstance(in_size, bool):
-        size = (int(in_size),)
-    else:
-        try:
-            size = tuple(in_size)
-        except TypeError:
-            size = None
-        if size is not None and not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in size):
-            size = None
-    if not size or any(n < 1 for n in size):
-        raise ArgumentError(f"a size (in_size / out_size) must be a positive int or a tuple of them, got {in_size!r}")
-    return tuple(int(n) for n in size)
-
-
-def get_dt():
-    """``brainstate.environ.get_dt()`` with an explanation when it is not set."""
-    try:
-        return brainstate.environ.get_dt()
-    except KeyError:
-        raise SettingMissingError("etprop.nn: the time step is not set; call brainstate.environ.set(dt=0.1 * u.ms) "
-                       "(or use `with brainstate.environ.context(dt=...)`) before building and running "
-                       "the model") from None
-
-
-def dt_over(tau, dt=None):
-    """``dt / tau`` as a plain (dimensionless) array; ``ValueError`` if the units disagree."""
-    dt = get_dt() if dt is None else dt
-    r = dt / tau
-    if isinstance(r, u.Quantity):
-        if not r.unit.has_same_dim(u.UNITLESS):
-            raise ArgumentError(f"dt / tau must be dimensionless, got dt={dt!r} and tau={tau!r}: give both in time "
-                             f"units (dt=0.1 * u.ms, tau=20 * u.ms) or both as plain numbers")
-        r = r.to_decimal()
-    return r if isinstance(r, jax.Array) else np.asarray(r)
-
-
-def decay_of(tau, dt=None):
-    """``exp(-dt / tau)``."""
-    return jnp.exp(-dt_over(tau, dt))
-
-
-def unit_of(x):
-    return u.get_unit(x)
-
-
-def in_unit(value, unit, name: str):
-    """``value`` in ``unit`` (a quantity, or a plain array when ``unit`` is dimensionless).
-
-    Plain zeros are accepted for any unit; other plain numbers only when ``unit`` is
-    dimensionless.
-    """
-    if isinstance(value, u.Quantity):
-        if not value.unit.has_same_dim(unit):
-            raise ArgumentError(f"{name}={value!r} must have the dimension of {unit}")
-        return value.in_unit(unit) if not unit.is_unitless else jnp.asarray(value.to_decimal())
-    if unit.is_unitless:
-        return jnp.asarray(value, dtype=jnp.result_type(float))
-    if np.all(np.asarray(value) == 0):
-        return jnp.asarray(value, dtype=jnp.result_type(float)) * unit
-    raise ArgumentError(f"{name}={value!r} has no unit but must be in units of {unit} (e.g. {value} * {unit})")
-
-
-def filled(shape, value):
-    """An array (or quantity) of ``shape`` filled with ``value`` (broadcast)."""
-    m, un = u.split_mantissa_unit(value)
-    arr = jnp.broadcast_to(jnp.asarray(m, dtype=jnp.result_type(float)), shape)
-    arr = jnp.array(arr)  # own buffer
-    return arr if un.is_unitless else u.Quantity(arr, unit=un)
-
-
-def batch_shape(varshape, batch_size):
-    return tuple(varshape) if batch_size is None else (int(batch_size),) + tuple(varshape)
-
-
-class TimeConstant:
-    """A time constant, fixed or trainable (per neuron, through `etprop.element_wise`).
-
-    A trainable one is stored in ``owner.<name>`` as a `brainstate.ParamState` of shape
-    ``varshape`` holding ``tau`` as a plain number in the unit it was given in.
-    """
-
-    def __init__(self, owner, name: str, tau, varshape, trainable: bool):
-        self.name = name
-        self.trainable = bool(trainable)
-        mant, self.unit = u.split_mantissa_unit(tau)
-        if self.trainable:
-            setattr(owner, name, brainstate.ParamState(filled(varshape, jnp.asarray(mant, jnp.result_type(float)))))
-            self._fixed = None
-        else:
-            self._fixed = tau
-
-    def value(self, owner):
-        """``tau`` (quantity or array); trainable ones through `etprop.element_wise`."""
-        if not self.trainable:
-            return self._fixed
-        t = ops.element_wise(getattr(owner, self.name).value)
-        return t if self.unit.is_unitless else t * self.unit
-
-    def decay(self, owner):
-        return decay_of(self.value(owner))
-
-
 # -- neurons --------------------------------------------------------------------------------
 
-class _Neuron(brainstate.nn.Module):
-    """Shared parameters and state handling of the integrate-and-fire family."""
+class Neuron(signatures.BySignature, brainstate.nn.Module):
+    """Shared parameters and state handling of the integrate-and-fire family (brainpy.state's
+    signature builds brainpy.state's model: `etprop.nn.signatures`)."""
 
     _state_names: tuple[str, ...] = ("v",)
-
-    def __new__(cls, *args, **kwargs):
-        # brainpy.state's signature builds brainpy.state's model (etprop.nn.signatures)
-        variant = signatures.choose(cls, args, kwargs)
-        return super().__new__(cls if variant is None else variant)
-
-    @classmethod
-    def desc(cls, *args, **kwargs):
-        """A `brainstate.mixin.ParamDescriber` of what ``cls(*args, **kwargs)`` builds."""
-        return signatures.describer(cls, args, kwargs)
 
     def __init__(self, in_size, *, tau=20.0 * u.ms, V_th=1.0, V_reset=None, V_rest=None, R=1.0,
                  spike_fn: Surrogate | None = None, reset: str = "subtract", detach_reset: bool = False,
                  v_scale=None, train_tau: bool = False, name: str | None = None, convention: str = "etprop"):
         signatures.check_convention(convention)
         super().__init__(name=name)
-        self.in_size = to_size(in_size)
-        self.out_size = self.in_size
-        self.varshape = self.in_size
+        self.in_size = self.out_size = self.varshape = to_size(in_size)
         self.v_unit = unit_of(V_th)
         self.V_th = in_unit(V_th, self.v_unit, "V_th")
         self.V_rest = in_unit(0.0 if V_rest is None else V_rest, self.v_unit, "V_rest")
@@ -194,10 +79,7 @@ class _Neuron(brainstate.nn.Module):
         if np.any(np.asarray(u.get_mantissa(self.v_scale)) == 0):
             raise ArgumentError(f"v_scale (default V_th - V_reset) must be nonzero, got V_th={V_th!r}, "
                                 f"V_reset={V_reset!r}, v_scale={v_scale!r}; pass v_scale=... explicitly")
-        if reset not in ("subtract", "zero"):
-            raise ArgumentError(f"reset must be 'subtract' (v -= s (V_th - V_reset)) or 'zero' (v <- V_reset), "
-                             f"got {reset!r}")
-        self.reset = reset
+        self.reset = one_of(reset, "reset", {"subtract": "v -= s (V_th - V_reset)", "zero": "v <- V_reset"})
         self.detach_reset = bool(detach_reset)
         self.spike_fn = FastSigmoid(10.0) if spike_fn is None else spike_fn
         if not callable(self.spike_fn):
@@ -251,7 +133,7 @@ class _Neuron(brainstate.nn.Module):
         return v - sr * (v - self.V_reset)
 
 
-class IF(_Neuron):
+class IF(Neuron):
     r"""Integrate-and-fire neuron (no leak).
 
     .. math::
@@ -284,13 +166,12 @@ class IF(_Neuron):
     Examples:
         >>> import brainstate, brainunit as u, jax.numpy as jnp, etprop
         >>> with brainstate.environ.context(dt=1.0 * u.ms):
-        ...     neu = etprop.nn.IF(4, tau=5 * u.ms)
-        ...     _ = brainstate.nn.init_all_states(neu, batch_size=2)
-        ...     spikes = [neu(jnp.full((2, 4), 3.0)) for _ in range(20)]   # driven above threshold
-        >>> spikes[-1].shape, float(sum(s.sum() for s in spikes)) > 0
-        ((2, 4), True)
-        >>> sorted(k[0] for k in neu.states(brainstate.HiddenState))
-        ['v']
+        ...     neu = etprop.nn.IF(4, tau=5 * u.ms, reset="zero")      # unbatched: v is (4,)
+        ...     s = [neu(jnp.full(4, 3.0)) for _ in range(10)]        # v rises 0.6 a step
+        >>> [int(x[0]) for x in s]                                     # spikes, then v <- V_reset = 0
+        [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
+        >>> neu.v.value.shape
+        (4,)
     """
 
     def __init__(self, in_size, **kwargs):
@@ -304,7 +185,7 @@ class IF(_Neuron):
         return s
 
 
-class LIF(_Neuron):
+class LIF(Neuron):
     r"""Leaky integrate-and-fire neuron with an optional refractory period.
 
     .. math::
@@ -377,7 +258,7 @@ class LIF(_Neuron):
         return s
 
 
-class ALIF(_Neuron):
+class ALIF(Neuron):
     r"""Adaptive LIF (LSNN neuron of Bellec et al.): a spike raises the threshold, which decays back.
 
     .. math::
@@ -448,7 +329,7 @@ class ALIF(_Neuron):
         return s
 
 
-class GIF(_Neuron):
+class GIF(Neuron):
     r"""Generalised integrate-and-fire neuron (Mihalas & Niebur 2009): two after-spike
     currents and an adaptive threshold.
 

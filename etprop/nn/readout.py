@@ -18,7 +18,8 @@ import numpy as np
 
 from etprop import operators as ops
 from etprop.errors import ArgumentError
-from etprop.nn.neurons import LIF, TimeConstant, batch_shape, filled, to_size
+from etprop.nn.neurons import LIF
+from etprop.nn.units import TimeConstant, batch_shape, filled, to_size
 
 __all__ = ["LeakyRateReadout", "LeakySpikeReadout", "init_weight"]
 

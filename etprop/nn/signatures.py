@@ -24,7 +24,7 @@ import brainstate
 
 from etprop.errors import ArgumentError
 
-__all__ = ["CONVENTIONS", "Variant", "register", "choose", "describer", "check_convention"]
+__all__ = ["CONVENTIONS", "Variant", "register", "choose", "describer", "check_convention", "BySignature"]
 
 CONVENTIONS = ("etprop", "brainpy")
 
@@ -94,3 +94,24 @@ def describer(own: type, args: tuple, kwargs: dict):
     ``own(*args, **kwargs)`` builds (so that brainpy.state's projections see brainpy.state's model)."""
     variant = choose(own, args, kwargs)
     return brainstate.mixin.ParamDescriber(own if variant is None else variant, *args, **kwargs)
+
+
+class BySignature:
+    """Mixin of etprop's classes that brainpy.state's models stand in for: ``cls(*args, **kwargs)``
+    builds what `choose` picks for those arguments, ``cls.desc(*args, **kwargs)`` describes it.
+
+    Examples:
+        >>> import etprop
+        >>> from etprop.nn.signatures import BySignature
+        >>> issubclass(etprop.nn.LIF, BySignature), issubclass(etprop.nn.Expon, BySignature)
+        (True, True)
+    """
+
+    def __new__(cls, *args, **kwargs):
+        variant = choose(cls, args, kwargs)
+        return super().__new__(cls if variant is None else variant)
+
+    @classmethod
+    def desc(cls, *args, **kwargs):
+        """A `brainstate.mixin.ParamDescriber` of what ``cls(*args, **kwargs)`` builds."""
+        return describer(cls, args, kwargs)

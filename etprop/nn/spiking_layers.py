@@ -23,8 +23,9 @@ import numpy as np
 
 from etprop import operators as ops
 from etprop.errors import ArgumentError
-from etprop.nn.neurons import ALIF, GIF, IF, LIF, _Neuron, batch_shape, filled
+from etprop.nn.neurons import ALIF, GIF, IF, LIF, Neuron
 from etprop.nn.readout import init_weight
+from etprop.nn.units import batch_shape, filled
 
 __all__ = ["SpikingRecurrentLayer"]
 
@@ -90,7 +91,7 @@ class SpikingRecurrentLayer(brainstate.nn.Module):
         else:
             if neuron_kwargs:
                 raise ArgumentError("neuron_kwargs apply only when neuron is given by name")
-            if not isinstance(neuron, _Neuron) or tuple(neuron.varshape) != (self.n_rec,):
+            if not isinstance(neuron, Neuron) or tuple(neuron.varshape) != (self.n_rec,):
                 raise ArgumentError(f"neuron must be an etprop.nn neuron of shape ({self.n_rec},), got {neuron!r}")
             self.neuron = neuron
         k_in = k_rec = None

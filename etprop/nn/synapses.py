@@ -28,30 +28,19 @@ import jax.numpy as jnp
 from etprop.errors import ArgumentError
 from etprop.nn import signatures
 from etprop.nn._errors import ArgumentTypeError
-from etprop.nn.neurons import TimeConstant, batch_shape, dt_over, filled, in_unit, to_size
+from etprop.nn.units import TimeConstant, batch_shape, dt_over, filled, in_unit, to_size
 
 __all__ = ["Expon", "Alpha", "DualExpon"]
 
 
-class _Synapse(brainstate.nn.Module):
+class _Synapse(signatures.BySignature, brainstate.nn.Module):
+    # brainpy.state's signature builds brainpy.state's model (etprop.nn.signatures)
     _state_names: tuple[str, ...] = ("g",)
-
-    def __new__(cls, *args, **kwargs):
-        # brainpy.state's signature builds brainpy.state's model (etprop.nn.signatures)
-        variant = signatures.choose(cls, args, kwargs)
-        return super().__new__(cls if variant is None else variant)
-
-    @classmethod
-    def desc(cls, *args, **kwargs):
-        """A `brainstate.mixin.ParamDescriber` of what ``cls(*args, **kwargs)`` builds."""
-        return signatures.describer(cls, args, kwargs)
 
     def __init__(self, in_size, *, unit=None, name: str | None = None, convention: str = "etprop"):
         signatures.check_convention(convention)
         super().__init__(name=name)
-        self.in_size = to_size(in_size)
-        self.out_size = self.in_size
-        self.varshape = self.in_size
+        self.in_size = self.out_size = self.varshape = to_size(in_size)
         self.unit = u.UNITLESS if unit is None else unit
         if not isinstance(self.unit, u.Unit):
             raise ArgumentTypeError(f"unit must be a brainunit Unit (e.g. u.nS), got {unit!r}")

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from etprop.errors import OperandError
 from etprop.operators import _checks as C
+from etprop.operators import event as _event
 from etprop.primitive import ETPPrimitive, register_primitive
 
 __all__ = ["matmul", "grouped_matmul", "einsum"]
@@ -29,7 +30,9 @@ def _add_bias(y, params):
 
 # -- matmul ---------------------------------------------------------------------------------
 
-def _matmul_forward(x, params, aux):
+def _matmul_forward(x, params, aux, *, event=False):
+    if event:  # config event=True: brainevent's event-driven kernel, the dense product's derivatives
+        return _add_bias(_event.dense_matmul(x, params["weight"]), params)
     return _add_bias(jnp.matmul(x, params["weight"]), params)
 
 
@@ -60,7 +63,7 @@ MATMUL = register_primitive(ETPPrimitive(
 ))
 
 
-def matmul(x, weight, bias=None, *, weight_fn=None, bias_fn=None):
+def matmul(x, weight, bias=None, *, weight_fn=None, bias_fn=None, event=False):
     """ETP matrix product ``y = x @ weight_fn(weight) + bias_fn(bias)``.
 
     Args:
@@ -69,6 +72,11 @@ def matmul(x, weight, bias=None, *, weight_fn=None, bias_fn=None):
       bias: optional ``(O,)``, in the unit of ``x * weight``.
       weight_fn, bias_fn: element-wise transforms of the raw parameters (e.g. a
         mask or ``jnp.abs`` for Dale's law); gradients are w.r.t. the raw value.
+      event: compute the product with brainevent's event-driven kernel, which adds up
+        the weight rows of the active inputs only (faster for sparse spikes). ``x`` must
+        hold only 0 and 1 (checked when concrete; assumed under ``jit``). Values and
+        gradients, w.r.t. ``x`` included, are the dense product's. A static option; needs
+        ``pip install "etprop[event]"`` (numba for the CPU kernels).
 
     Returns:
       ``(O,)`` or ``(B, O)``.
@@ -82,7 +90,15 @@ def matmul(x, weight, bias=None, *, weight_fn=None, bias_fn=None):
         [3.0, 3.0, 3.0, 3.0]
         >>> etprop.matmul(x, w, weight_fn=jnp.abs).shape   # gradients w.r.t. the raw weight
         (2, 4)
+        >>> spikes = jnp.array([[1., 0., 1.], [0., 0., 1.]])
+        >>> etprop.matmul(spikes, w, event=True).tolist()   # event-driven: same values as event=False
+        [[2.0, 2.0, 2.0, 2.0], [1.0, 1.0, 1.0, 1.0]]
     """
+    if _event.check_event("matmul", event):
+        _event.require_brainevent("matmul")
+        _event.check_binary("matmul", x)
+        return MATMUL.bind(x, {"weight": weight, "bias": bias}, fns={"weight": weight_fn, "bias": bias_fn},
+                           event=True)
     return MATMUL.bind(x, {"weight": weight, "bias": bias}, fns={"weight": weight_fn, "bias": bias_fn})
 
 

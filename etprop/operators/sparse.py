@@ -15,6 +15,8 @@ parameter gradients over a batch.
 
 from __future__ import annotations
 
+import weakref
+
 import brainunit as u
 import jax
 import jax.numpy as jnp
@@ -23,15 +25,20 @@ from jax.experimental import sparse as jsparse
 
 from etprop.errors import OperandError
 from etprop.operators import _checks as C
+from etprop.operators import event as _event
 from etprop.primitive import ETPPrimitive, register_primitive
 
 __all__ = ["sparse_matmul", "as_bcoo"]
 
 
-def _forward(x, params, aux, *, shape):
+def _forward(x, params, aux, *, shape, in_bounds=False):
     rows, cols = aux["indices"][:, 0], aux["indices"][:, 1]
-    contrib = jnp.take(x, rows, axis=-1) * params["weight"]  # (..., nse)
-    y = jax.ops.segment_sum(jnp.moveaxis(contrib, -1, 0), cols, num_segments=shape[1])
+    # in_bounds: every index was checked on the host (`structure_of`), so the gather and the
+    # scatter skip the out-of-bounds masking, whose select_n's the learners' nested
+    # derivatives would carry (traced structures keep the masks)
+    mode = "promise_in_bounds" if in_bounds else None
+    contrib = x.at[..., rows].get(mode=mode or "fill") * params["weight"]  # (..., nse)
+    y = jax.ops.segment_sum(jnp.moveaxis(contrib, -1, 0), cols, num_segments=shape[1], mode=mode)
     y = jnp.moveaxis(y, 0, -1)
     return y if "bias" not in params else y + params["bias"]
 
@@ -56,8 +63,14 @@ SPARSE_MATMUL = register_primitive(ETPPrimitive(
     # stored value k drives output column indices[k, 1] only
     out_to_param={"weight": lambda v, p, a, c: jnp.take(v, a["indices"][:, 1], axis=-1),
                   "bias": lambda v, p, a, c: v},
+    # a chunk's pullback would gather (K, nse) products: per-step is 3-5x faster (benchmarks/scale.py)
+    chunkable=False,
     doc="y = x @ BCOO(weight, structure) (+ bias)",
 ))
+
+# event=True (config ``event``, ``event_csr``): brainevent's CSR event-driven kernel (etprop/operators/event.py);
+# the wrapper hands every other call to the forward above unchanged
+SPARSE_MATMUL.forward = _event.with_event_forward(SPARSE_MATMUL.forward, _event.sparse_forward)
 
 
 def _compressed_to_coo(mat, kind: str) -> jsparse.BCOO:
@@ -67,8 +80,9 @@ def _compressed_to_coo(mat, kind: str) -> jsparse.BCOO:
     inner = np.asarray(mat.indices)
     outer = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
     rows, cols = (outer, inner) if kind == "CSR" else (inner, outer)
-    idx = jnp.asarray(np.stack([rows, cols], axis=1).astype(np.int32))
-    return jsparse.BCOO((jnp.asarray(u.get_mantissa(mat.data)), idx), shape=tuple(mat.shape))
+    idx = np.stack([rows, cols], axis=1).astype(np.int32)
+    checked = _check_in_bounds(idx, tuple(mat.shape))
+    return jsparse.BCOO((jnp.asarray(u.get_mantissa(mat.data)), jnp.asarray(idx)), shape=tuple(mat.shape)), checked
 
 
 def _foreign_structure(mat):
@@ -80,18 +94,25 @@ def _foreign_structure(mat):
         return None
     if kind == "COO":
         idx = jnp.stack([jnp.asarray(mat.row), jnp.asarray(mat.col)], axis=1).astype(jnp.int32)
-        return jsparse.BCOO((jnp.asarray(u.get_mantissa(mat.data)), idx), shape=tuple(mat.shape))
+        checked = _check_in_bounds(idx, tuple(mat.shape))
+        return jsparse.BCOO((jnp.asarray(u.get_mantissa(mat.data)), idx), shape=tuple(mat.shape)), checked
     return _compressed_to_coo(mat, kind)
 
 
 def as_bcoo(sparse_mat) -> jsparse.BCOO:
     """The structure as a plain 2-D BCOO (its stored values in the order of the input's), or
-    `OperandError` naming what is accepted."""
+    `OperandError` naming what is accepted (also for indices outside the shape)."""
+    return structure_of(sparse_mat)[0]
+
+
+def structure_of(sparse_mat) -> tuple[jsparse.BCOO, bool]:
+    """`as_bcoo` and whether every index was checked in bounds on the host (False only for a
+    structure built from traced indices, which cannot be checked)."""
     if isinstance(sparse_mat, jsparse.BCSR):
         sparse_mat = sparse_mat.to_bcoo()
     foreign = _foreign_structure(sparse_mat)
     if foreign is not None:
-        sparse_mat = foreign
+        return foreign
     if not isinstance(sparse_mat, jsparse.BCOO):
         raise OperandError("sparse_matmul: 'sparse_mat' must give the structure as a jax.experimental.sparse "
                            "BCOO/BCSR, a brainevent CSR/CSC or a brainunit CSR/CSC/COO matrix, got "
@@ -99,10 +120,39 @@ def as_bcoo(sparse_mat) -> jsparse.BCOO:
     if sparse_mat.ndim != 2 or sparse_mat.n_batch or sparse_mat.n_dense:
         raise OperandError(f"sparse_matmul: 'sparse_mat' must be a plain 2-D (in, out) BCOO, got shape "
                            f"{sparse_mat.shape} with n_batch={sparse_mat.n_batch}, n_dense={sparse_mat.n_dense}")
-    return sparse_mat
+    return sparse_mat, _check_in_bounds(sparse_mat.indices, sparse_mat.shape)
 
 
-def sparse_matmul(x, weight, *, sparse_mat, bias=None, weight_fn=None, bias_fn=None):
+_CHECKED: dict = {}  # id -> weakref of index arrays already checked (a structure is reused every step)
+
+
+def _check_in_bounds(indices, shape) -> bool:
+    """True once every ``(row, col)`` is found inside ``shape``, `OperandError` if one is not (BCOO
+    pads with out-of-range indices: the product would silently drop them); False for traced
+    indices (nothing to check: the product keeps its bounds masks)."""
+    if isinstance(indices, jax.core.Tracer):
+        return False
+    ref = _CHECKED.get(id(indices))
+    if ref is not None and ref() is indices:
+        return True
+    idx = np.asarray(indices)
+    bad = (idx < 0) | (idx >= np.asarray(shape[:2]))
+    if bad.any():
+        k = int(np.argmax(bad.any(axis=1)))
+        raise OperandError(f"sparse_matmul: stored value {k} of 'sparse_mat' has index {tuple(idx[k].tolist())} "
+                           f"outside its shape {tuple(shape)} ({int(bad.any(axis=1).sum())} such entries: BCOO "
+                           f"padding?); build the structure without padding, e.g. "
+                           f"BCOO((data, indices), shape=...) with in-range indices, or BCOO.fromdense(dense)")
+    try:
+        if len(_CHECKED) > 256:
+            _CHECKED.clear()
+        _CHECKED[id(indices)] = weakref.ref(indices)
+    except TypeError:  # not weak-referenceable (a NumPy array): checked again next time
+        pass
+    return True
+
+
+def sparse_matmul(x, weight, *, sparse_mat, bias=None, weight_fn=None, bias_fn=None, event=False):
     """ETP sparse product ``y = x @ S`` where ``S`` has ``sparse_mat``'s structure and values ``weight``.
 
     Args:
@@ -113,6 +163,12 @@ def sparse_matmul(x, weight, *, sparse_mat, bias=None, weight_fn=None, bias_fn=N
         braintrace users pass, a brainevent CSR/CSC or a brainunit CSR/CSC/COO; ``weight``
         follows the order of its stored values (``sparse_mat.data``).
       bias: optional ``(O,)``.
+      event: compute the product with brainevent's event-driven CSR kernel, which visits
+        the stored values of the active inputs' rows only (faster for sparse spikes). ``x``
+        must hold only 0 and 1 (checked when concrete; assumed under ``jit``), and the
+        structure must be concrete (it is converted once to CSR on the host). Values and
+        gradients, w.r.t. ``x`` included, are those of ``event=False``. A static option;
+        needs ``pip install "etprop[event]"`` (numba for the CPU kernels).
 
     Returns:
       ``(O,)`` or ``(B, O)``.
@@ -124,7 +180,16 @@ def sparse_matmul(x, weight, *, sparse_mat, bias=None, weight_fn=None, bias_fn=N
         >>> weight = structure.data                          # the 3 stored values learn
         >>> etprop.sparse_matmul(jnp.ones((4, 3)), weight, sparse_mat=structure).tolist()[0]
         [4.0, 2.0]
+        >>> spikes = jnp.array([1., 0., 1.])                  # event-driven: same values as event=False
+        >>> etprop.sparse_matmul(spikes, weight, sparse_mat=structure, event=True).tolist()
+        [4.0, 0.0]
     """
-    mat = as_bcoo(sparse_mat)
+    mat, in_bounds = structure_of(sparse_mat)
+    event_config = {}
+    if _event.check_event("sparse_matmul", event):
+        _event.require_brainevent("sparse_matmul")
+        _event.check_binary("sparse_matmul", x)
+        event_config = {"event": True, "event_csr": _event.csr_structure("sparse_matmul", mat.indices, mat.shape)}
     return SPARSE_MATMUL.bind(x, {"weight": weight, "bias": bias}, aux={"indices": mat.indices},
-                              fns={"weight": weight_fn, "bias": bias_fn}, shape=tuple(mat.shape))
+                              fns={"weight": weight_fn, "bias": bias_fn}, shape=tuple(mat.shape), in_bounds=in_bounds,
+                              **event_config)

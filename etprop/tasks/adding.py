@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 
 from etprop.errors import ArgumentError
-from etprop.tasks.base import Batch, Task
+from etprop.tasks.base import Batch, RegressionTask
 
 __all__ = ["Adding"]
 
 
-class Adding(Task):
+class Adding(RegressionTask):
     """Output, at the last step, the sum of the two values the marker channel points at.
 
     ``inputs`` ``(T, B, 2)``: channel 0 holds values uniform in [0, 1), channel 1 is 1 at two
@@ -21,7 +21,6 @@ class Adding(Task):
     """
 
     name = "adding"
-    kind = "regression"
     spiking_input = False
     defaults = {"length": 50}
 
@@ -36,14 +35,6 @@ class Adding(Task):
     @property
     def n_out(self) -> int:
         return 1
-
-    @property
-    def n_steps(self) -> int:
-        return self.length
-
-    @property
-    def chance(self) -> float:
-        return 0.0
 
     @property
     def target_variance(self) -> float:

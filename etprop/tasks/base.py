@@ -20,7 +20,7 @@ import numpy as np
 
 from etprop.errors import ArgumentError
 
-__all__ = ["Batch", "Task", "spike_prob", "population_spikes"]
+__all__ = ["Batch", "Task", "RegressionTask", "spike_prob", "population_spikes"]
 
 
 @jax.tree_util.register_dataclass
@@ -254,3 +254,18 @@ class Task:
             return jnp.sum(weight * hit)
         sq = jnp.sum(jnp.square(outs - batch.targets), axis=-1)                # (T, B)
         return 1.0 - jnp.sum(weight * sq) / self.target_variance
+
+
+class RegressionTask(Task):
+    """A regression task over ``length`` steps (its ``defaults`` have a ``length``): `n_steps` is
+    ``length``; `chance` is 0, the score of predicting the targets' mean."""
+
+    kind = "regression"
+
+    @property
+    def n_steps(self) -> int:
+        return self.length
+
+    @property
+    def chance(self) -> float:
+        return 0.0

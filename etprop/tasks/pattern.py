@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from etprop.tasks.base import Batch, Task, spike_prob
+from etprop.tasks.base import Batch, RegressionTask, spike_prob
 
 __all__ = ["Pattern"]
 
 
-class Pattern(Task):
+class Pattern(RegressionTask):
     """Reproduce ``n_patterns`` fixed target curves, each cued by its own frozen spike pattern.
 
     Pattern ``k`` is a ``(length, n_inputs)`` Poisson spike raster at ``input_rate`` and a
@@ -26,7 +26,6 @@ class Pattern(Task):
     """
 
     name = "pattern"
-    kind = "regression"
     spiking_input = True
     defaults = {"n_inputs": 50, "n_outputs": 1, "length": 200, "n_patterns": 1, "input_rate": 50.0,
                 "dt": 1.0, "freqs": (1.0, 2.0, 3.0, 5.0), "seed": 0}
@@ -71,14 +70,6 @@ class Pattern(Task):
     @property
     def n_out(self) -> int:
         return self.n_outputs
-
-    @property
-    def n_steps(self) -> int:
-        return self.length
-
-    @property
-    def chance(self) -> float:
-        return 0.0
 
     @property
     def target_variance(self) -> float:

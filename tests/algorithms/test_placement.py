@@ -158,6 +158,7 @@ def test_every_learner_on_four_devices_equals_one():
         assert all(s == "P('data',)" for s in r["traces"]), (name, r)
 
 
+@pytest.mark.slow  # every driver in a 4-device subprocess (~25 s); test_every_learner_... covers the default one
 def test_placements_hold_through_every_driver():
     res = _run("drivers")
     assert res.pop("indivisible") == ("batch_size=6 does not divide over the 4 devices of mesh axis 'data'; use a "

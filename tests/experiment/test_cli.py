@@ -206,7 +206,7 @@ def test_update_at_every_step_resumes_exactly(tmp_path):
     assert not np.array_equal(pa[key], ps[key])  # T updates per batch, not one
 
 
-@pytest.mark.parametrize("update", ["sequence", "step"])
+@pytest.mark.parametrize("update", ["sequence", pytest.param("step", marks=pytest.mark.slow)])
 def test_cosine_schedule_extends_and_resumes_exactly(tmp_path, update):
     """The learning-rate schedule is a function of the update number (its count is in the
     optimiser state): a run extended past the end of the decay (--schedule-steps 4) with
@@ -227,6 +227,7 @@ def test_cosine_schedule_extends_and_resumes_exactly(tmp_path, update):
         assert _rows(a)[:1] == _rows(c)[:1]
 
 
+@pytest.mark.slow  # resume exactness is covered by test_resume_continues_bit_for_bit
 def test_checkpoint_without_schedule_resumes_at_a_constant_rate(tmp_path):
     """A checkpoint written before --schedule and --eval-batch existed (no such keys in its
     settings) was trained at a constant learning rate, and resumes so."""
