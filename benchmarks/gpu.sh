@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# GPU benchmark: suites lif, gru, memory and deep on one GPU, one JSON, tables on stdout.
+# GPU benchmark: a 30-second smoke test, then the dense suites and the scale suite on one GPU,
+# one result file per suite, tables on stdout.
 #
 #   PYTHON=/path/to/venv/bin/python OUT=/some/dir bash benchmarks/gpu.sh
 #
 # Installs nothing: it needs a Python whose jax has a GPU backend (jaxlib with CUDA) and
-# etprop's dependencies (brainstate, brainunit, numpy); braintrace is optional (its rows are
-# skipped, and said so, if it does not import). Run from anywhere; it runs in the repository
-# root with the checkout on PYTHONPATH, so etprop need not be installed.
+# etprop's dependencies (brainstate, brainunit, numpy; a GPU machine that reaches no package
+# registry gets them as wheels); braintrace is optional (its rows are skipped, and said so, if
+# it does not import). Runs in the repository root with the checkout on PYTHONPATH, so etprop
+# need not be installed.
 #
-# Writes ${OUT:-.}/gpu_results.json (rewritten after every configuration, so a run cut short
-# keeps what finished) and ${OUT:-.}/gpu_results.log. Expected run time on one H100/H200:
-# about 6-8 minutes (an estimate: mostly tracing and XLA compiles, ~8 contenders x 7
-# configurations, plus 36 + 6 device-peak probes, 8 processes at a time); the whole run is
-# capped at ${LIMIT_S:-540} s.
+# 1. `python -m benchmarks.gpu_smoke`: import, compile, gradient (D-RTRL = BPTT where exact; the
+#    sparse network's ES-D-RTRL close to BPTT); it also shows that etprop's compiler reads this
+#    jax's jaxprs (jax 0.11 reshaped them). A failure stops the script (exit 1).
+# 2. the suites ${SUITES:-lif gru scale}, each writing ${OUT:-.}/gpu_<suite>.json (rewritten after
+#    every configuration, so a run cut short keeps what finished) and gpu_<suite>.log; all suites
+#    together are capped at ${LIMIT_S:-300} s (the suite running at the cap is cut, the rest skipped).
 set -euo pipefail
 
 PY=${PYTHON:-python}
@@ -49,18 +52,33 @@ command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.tota
 # processes, PREALLOCATE=false) use the rest
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}
 
-# deep first (the GPU-only suite), so that a run cut short still has it. --no-mem: no second
-# (AOT) compile per contender in the timing suites (the memory suite and deep's device-peak
-# probes measure memory); --budget-s 10: at most ~10 s of timed sequences per contender and
-# configuration (fewer repeats beyond it, reported per row); --max-seq-s 10: braintrace's
-# D-RTRL is skipped (and said so) where a 16-step probe estimates more than 10 s per sequence.
-set +e
-timeout --signal=INT "${LIMIT_S:-540}" \
-    "$PY" -u -m benchmarks.run --suite deep lif memory gru --device gpu --no-mem --budget-s 10 --max-seq-s 10 --repeats 5 \
-    --peak-procs "${PEAK_PROCS:-8}" --out "$OUT_DIR/gpu_results.json" 2>&1 | tee "$OUT_DIR/gpu_results.log"
-rc=${PIPESTATUS[0]}
-set -e
-if [ "$rc" -ne 0 ]; then
-    echo "gpu.sh: benchmark exited with $rc (124/130: hit the ${LIMIT_S:-540} s cap); partial results in $OUT_DIR/gpu_results.json" >&2
+timeout 120 "$PY" -u -m benchmarks.gpu_smoke --device gpu 2>&1 | tee "$OUT_DIR/gpu_smoke.log"
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+    echo "gpu.sh: the smoke test failed (see $OUT_DIR/gpu_smoke.log); no benchmark run" >&2
+    exit 1
 fi
+
+# --no-mem: no second (AOT) compile per contender; --budget-s 10: at most ~10 s of timed
+# sequences per contender and configuration (fewer repeats beyond it, reported per row);
+# --max-seq-s 10: braintrace's D-RTRL is skipped (and said so) where a 16-step probe estimates
+# more than 10 s per sequence.
+deadline=$(( $(date +%s) + ${LIMIT_S:-300} ))
+rc=0
+for suite in ${SUITES:-lif gru scale}; do
+    left=$(( deadline - $(date +%s) ))
+    if [ "$left" -le 5 ]; then
+        echo "gpu.sh: no time left for suite $suite (cap ${LIMIT_S:-300} s)" >&2
+        rc=124
+        continue
+    fi
+    set +e
+    timeout --signal=INT "$left" "$PY" -u -m benchmarks.run --suite "$suite" --device gpu --no-mem --budget-s 10 \
+        --max-seq-s 10 --repeats 5 --out "$OUT_DIR/gpu_$suite.json" 2>&1 | tee "$OUT_DIR/gpu_$suite.log"
+    src=${PIPESTATUS[0]}
+    set -e
+    if [ "$src" -ne 0 ]; then
+        echo "gpu.sh: suite $suite exited with $src (124/130: cut at the cap); partial results in $OUT_DIR/gpu_$suite.json" >&2
+        rc=$src
+    fi
+done
 exit "$rc"

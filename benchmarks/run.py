@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import etprop
+from benchmarks.es_floor import es_floor_fn
 from benchmarks.models import make_model, mse, xent
 
 N_IN = 100  # lif / deep inputs
@@ -75,6 +76,7 @@ ES_DECAY = 0.9
 
 FORWARD = "forward-only"
 FLOOR = "trace-update floor"
+ES_FLOOR = "ES-D-RTRL floor"  # benchmarks/es_floor.py: ES-D-RTRL's per-step work by hand
 BPTT = "BPTT"
 DRTRL = "D-RTRL"
 DRTRL_STEP = "D-RTRL per-step"
@@ -207,6 +209,7 @@ class Workload:
     n_layers: int
     step_loss: Callable  # per-sample (out, target) -> scalar
     diagonal: bool  # D-RTRL exact: etprop and braintrace must agree on values
+    post_signal: bool = False  # learning_signal='post' applies: its rows run by default
 
     def data(self, T, batch):
         return gru_data(T, batch) if self.kind == "gru" else lif_data(T, batch, self.n_in)
@@ -223,7 +226,7 @@ class Workload:
 
 
 WORKLOADS = {
-    "lif": Workload("lif", "lif", N_IN, N_OUT, 1, mse, diagonal=True),
+    "lif": Workload("lif", "lif", N_IN, N_OUT, 1, mse, diagonal=True, post_signal=True),
     "gru": Workload("gru", "gru", N_SYM, N_SYM, 1, xent, diagonal=False),
     "deep": Workload("deep", "lif", N_IN, N_OUT, 3, mse, diagonal=False),
 }
@@ -327,6 +330,8 @@ def contenders(wl: Workload, hidden, batch, xs, ys, *, with_braintrace=True, wit
     if with_floor:
         cs.append(Contender(FLOOR, lambda jit=False: trace_floor_fn(wl.trace_shapes(hidden), batch, T), grads=False,
                             lib="-"))
+    if with_floor and (wl.kind == "gru" or (wl.kind == "lif" and wl.n_layers == 1)):
+        cs.append(Contender(ES_FLOOR, lambda jit=False: es_floor_fn(wl, hidden, batch, xs, ys), grads=False, lib="-"))
     cs += [
         Contender(BPTT, lambda jit=False: _etprop_fn(wl, etprop.BPTT, hidden, batch, xs, ys, jit=jit)),
         Contender(DRTRL, lambda jit=False: _etprop_fn(wl, etprop.D_RTRL, hidden, batch, xs, ys, chunk, jit=jit)),
@@ -346,7 +351,7 @@ def contenders(wl: Workload, hidden, batch, xs, ys, *, with_braintrace=True, wit
                                                                     decay_or_rank=ES_DECAY), lib="braintrace"))
     if names is not None:
         cs = [c for c in cs if c.name in names]
-    else:  # the post-signal rows only where a suite asks for them (the scale suite does)
+    elif not getattr(wl, "post_signal", False):  # the post-signal rows where the workload allows them
         cs = [c for c in cs if c.name not in (DRTRL_POST, ESDRTRL_POST)]
     return cs
 
@@ -659,6 +664,8 @@ def run_timing(wl: Workload, hidden: int, T: int, batch: int, *, repeats: int, w
             r["vs_braintrace"] = r["median_s"] / rows[BT_OF[name]]["median_s"]
         if name == DRTRL_STEP and FLOOR in rows:
             r["vs_floor"] = r["median_s"] / rows[FLOOR]["median_s"]
+        if name in (ESDRTRL, ESDRTRL_POST) and ES_FLOOR in rows:
+            r["vs_floor"] = r["median_s"] / rows[ES_FLOOR]["median_s"]
         if name in grads:  # each learner's first call starts from zero state: same weights, data
             cmp = compare_grads(grads[name], ref)
             r["grad_cosine_vs_bptt"] = cmp.get("cosine")
@@ -782,6 +789,10 @@ def timing_goals(res: dict, gpu: bool) -> list[dict]:
         add("D-RTRL <= 0.1x braintrace D-RTRL (hidden 512)", get(DRTRL, "vs_braintrace"), 0.1, "{:.3f}",
             note=res["skipped"].get(BT_DRTRL, ""))
     add("D-RTRL per-step <= 1.5x trace-update floor", get(DRTRL_STEP, "vs_floor"), 1.5)
+    for name in (ESDRTRL, ESDRTRL_POST):  # issue 14, item 4
+        if get(name, "vs_floor") is not None:
+            add(f"{name} <= 1.3x ES-D-RTRL floor", get(name, "vs_floor"), 1.3)
+            add(f"{name} < braintrace ES-D-RTRL", get(name, "vs_braintrace"), 1.0, "{:.3f}")
     if gpu:
         add("GPU: etprop / braintrace D-RTRL < 1", get(DRTRL, "vs_braintrace"), 1.0, "{:.3f}")
         add("GPU: etprop / braintrace ES-D-RTRL < 1", get(ESDRTRL, "vs_braintrace"), 1.0, "{:.3f}")
@@ -849,8 +860,10 @@ def timing_table(res: dict, head: str) -> str:
     for name, r in res["contenders"].items():
         eq = equal_work_text(res.get("equality"), name if name in (DRTRL, ESDRTRL) else
                              {BT_DRTRL: DRTRL, BT_ES: ESDRTRL}.get(name, ""))
-        if name == DRTRL_STEP:
+        if name == DRTRL_STEP or (name == ESDRTRL_POST and r.get("vs_floor") is not None):
             eq = "x floor " + _f(r.get("vs_floor"), "{:.2f}")
+        elif name == ESDRTRL and r.get("vs_floor") is not None:
+            eq = (eq + "; " if eq and eq != "-" else "") + "x floor " + _f(r.get("vs_floor"), "{:.2f}")
         rows.append([name, len(r["times_s"]), _f(r.get("compile_s"), "{:.2f}"), f"{r['first_call_s']:.2f}",
                      f"{r['median_s']:.4f}", f"{r['per_step_ms']:.3f}", f"{r['vs_forward']:.2f}",
                      f"{r['vs_bptt']:.2f}", _f(r.get("vs_braintrace"), "{:.3f}"),

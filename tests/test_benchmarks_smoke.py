@@ -51,12 +51,17 @@ def test_lif_quick(tmp_path):
                      log=lines.append)
     (r,) = res["lif"]
     assert (r["hidden"], r["T"], r["batch"]) == (16, 16, 2)
-    names = {bench.FORWARD, bench.FLOOR, bench.BPTT, bench.DRTRL, bench.DRTRL_STEP, bench.ESDRTRL}
+    names = {bench.FORWARD, bench.FLOOR, bench.ES_FLOOR, bench.BPTT, bench.DRTRL, bench.DRTRL_STEP, bench.ESDRTRL,
+             bench.DRTRL_POST, bench.ESDRTRL_POST}
     if HAS_BT:
         names |= {bench.BT_DRTRL, bench.BT_ES}
     _check_timing(r, names)
     c = r["contenders"]
     assert math.isclose(c[bench.DRTRL_STEP]["vs_floor"], c[bench.DRTRL_STEP]["median_s"] / c[bench.FLOOR]["median_s"])
+    for es in (bench.ESDRTRL, bench.ESDRTRL_POST):  # ES-D-RTRL against its hand-written floor
+        assert math.isclose(c[es]["vs_floor"], c[es]["median_s"] / c[bench.ES_FLOOR]["median_s"])
+    # the post-step signal equals the default on this feed-forward layer
+    assert c[bench.DRTRL_POST]["grad_rel_err_vs_bptt"] < 1e-4
     # D-RTRL is exact on the feed-forward LIF layer (float32, this size)
     assert c[bench.DRTRL]["grad_rel_err_vs_bptt"] < 1e-4 and c[bench.DRTRL_STEP]["grad_rel_err_vs_bptt"] < 1e-4
     eq = res["equality"]["lif"]
@@ -71,6 +76,7 @@ def test_lif_quick(tmp_path):
     verdicts = {g["goal"]: g["verdict"] for g in res["goals"]}
     assert verdicts["ES-D-RTRL <= 1x BPTT"] in ("PASS", "MISS")
     assert verdicts["D-RTRL per-step <= 1.5x trace-update floor"] in ("PASS", "MISS")
+    assert verdicts["ES-D-RTRL <= 1.3x ES-D-RTRL floor"] in ("PASS", "MISS")
     text = "\n".join(lines)
     assert "| contender" in text and "median s/seq" in text and "| goal" in text
     assert f"jax {jax.__version__}" in text and ("PASS" in text or "MISS" in text)
@@ -189,3 +195,11 @@ def test_scale_quick():
     assert [g["goal"] for g in sc["goals"]] == ["ES-D-RTRL <= 3x forward-only", "D-RTRL <= 4x forward-only"]
     text = "\n".join(lines)
     assert "**scale**" in text and "| neurons" in text
+
+
+def test_gpu_smoke_runs_on_cpu(capsys):
+    """benchmarks/gpu.sh's first step (import, compile, gradient checks) passes here on the CPU."""
+    from benchmarks import gpu_smoke
+    assert gpu_smoke.main(["--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("smoke: ok") == 4 and "FAIL" not in out and "smoke: passed" in out

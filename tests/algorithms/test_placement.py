@@ -179,6 +179,7 @@ def test_sharded_traces_and_memory_per_device():
     assert mem[4]["argument_bytes"] < mem[2]["argument_bytes"] < mem[1]["argument_bytes"], mem
 
 
+@pytest.mark.slow  # two processes under jax.distributed (~25-40 s on CI's 2 cores)
 def test_two_processes_under_jax_distributed_equal_one():
     import socket
 

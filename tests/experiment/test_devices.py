@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 TINY = ["--task", "copying", "--model", "gru", "--hidden", "8", "--batch", "4", "--eval-every", "0",
         "--eval-batch", "4", "--no-plots", "--quiet"]
@@ -28,6 +29,7 @@ def _losses(out):
         return np.array([float(r["loss"]) for r in csv.DictReader(f)])
 
 
+@pytest.mark.slow  # three `etprop train` processes (~50-70 s on CI's 2 cores)
 def test_four_devices_resumed_on_one_equal_one_device(tmp_path):
     four, one = str(tmp_path / "four"), str(tmp_path / "one")
     _train(*TINY, "--devices", "4", "--steps", "4", "--ckpt-every", "2", "--out", four)
@@ -36,3 +38,11 @@ def test_four_devices_resumed_on_one_equal_one_device(tmp_path):
     a, b = _losses(four), _losses(one)
     assert len(a) == len(b) == 6
     np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_two_devices_train(tmp_path):
+    """The quick suite's check of the path (the slow test above compares with one device)."""
+    out = str(tmp_path / "two")
+    _train(*TINY, "--devices", "2", "--steps", "2", "--out", out)
+    losses = _losses(out)
+    assert len(losses) == 2 and np.all(np.isfinite(losses))
