@@ -197,6 +197,7 @@ def test_scale_quick():
     assert "**scale**" in text and "| neurons" in text
 
 
+@pytest.mark.slow  # ~20 s; what it checks the quick suite checks in tests/algorithms
 def test_gpu_smoke_runs_on_cpu(capsys):
     """benchmarks/gpu.sh's first step (import, compile, gradient checks) passes here on the CPU."""
     from benchmarks import gpu_smoke

@@ -169,6 +169,7 @@ def test_placements_hold_through_every_driver():
         assert r["traces"] == ["P('data',)"], (name, r)
 
 
+@pytest.mark.slow  # a 4-device subprocess (~20 s on CI's 2 cores); run before changing trace_axis
 def test_sharded_traces_and_memory_per_device():
     res = _run("trace_axis")
     assert res["err"] < 1e-5

@@ -15,7 +15,7 @@ POST = {"learning_signal": "post"}
 
 @pytest.mark.parametrize("make, n_in", [(lambda: ElementwiseRNN(3, 6, 2), 3), (lambda: SparseInLIF(8, 6, 2), 8)],
                          ids=["elementwise_rnn", "sparse_in_lif"])
-@pytest.mark.parametrize("B", [None, 3])
+@pytest.mark.parametrize("B", [3])
 def test_post_equals_pre_and_bptt_where_no_state_feeds_an_operator(x64, make, n_in, B):
     xs, ys = seq_data(n_in, 2, T=10, B=B, scale=1.5)
     g_post, l_post, learner = _grads(make, etprop.D_RTRL, xs, ys, B, compile=POST)
