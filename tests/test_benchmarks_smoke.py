@@ -204,3 +204,13 @@ def test_gpu_smoke_runs_on_cpu(capsys):
     assert gpu_smoke.main(["--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert out.count("smoke: ok") == 4 and "FAIL" not in out and "smoke: passed" in out
+
+
+def test_side_by_side_compares_the_rows_both_trees_measured():
+    from benchmarks import side_by_side as sbs
+    res = {"machine": {}, "lif": [{"hidden": 8, "T": 4, "batch": 2, "contenders": {
+        "BPTT": {"median_s": 0.02}, "ES-D-RTRL": {"median_s": 0.01}, "ES-D-RTRL (braintrace)": {"median_s": 0.5},
+        "D-RTRL": {"median_s": None}}}], "memory": None}
+    assert sbs.medians(res) == {("lif", 8, 4, 2, "BPTT"): 0.02, ("lif", 8, 4, 2, "ES-D-RTRL"): 0.01}
+    with pytest.raises(SystemExit):
+        sbs.parse_args(["--rev", "HEAD", "--rounds", "0"])

@@ -300,6 +300,10 @@ CASES = [
     Case("compile: learning_signal='post' on outputs that read the pre-step state",
          compile_model(_ReadsOldState(), X, B, learning_signal="post"),
          etprop.NotSupportedError, ("learning_signal='post'", "pre-step value of hidden state 'h'", "'pre'")),
+    Case("etrace_grad: window=2 on a learner with learning_signal='post'",
+         lambda: etprop.compile(_RNN(), etprop.D_RTRL, X, B, batch_size=2, learning_signal="post").etrace_grad(
+             etprop.MultiStepData(XS, BS), YS, mse, window=2),
+         etprop.ArgumentError, ("window=2", "learning_signal='post'", "learning_signal='pre'")),
     Case("compile: an option the learner does not take", compile_model(_RNN(), X, B, decay=0.5),
          etprop.ArgumentError, ("'decay'", "D_RTRL", "its options are")),
 

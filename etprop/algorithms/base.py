@@ -183,8 +183,9 @@ class OnlineAlgorithm(WindowFunctions, SequenceDrivers, brainstate.nn.Module):
         measures here what its rules depend on (ES-D-RTRL's leaks, OSTL's recurrent groups)."""
 
     def _per_step_reason(self) -> str | None:
-        """Why this learner defaults to per-step mode although it has closed-form chunks (an
-        operator that declares ``chunkable=False``), or None."""
+        """Why this learner defaults to per-step mode although it has closed-form chunks, or None:
+        ``learning_signal='post'`` (the closed form takes the pre-step signal), or an operator that
+        declares ``chunkable=False`` (its closed form costs more than single steps)."""
         if self._readout is not None:
             return ("per-step mode: learning_signal='post' (the signal at the post-step state, through the "
                     "readout only)")
@@ -287,7 +288,12 @@ class OnlineAlgorithm(WindowFunctions, SequenceDrivers, brainstate.nn.Module):
         a_leaves = jax.tree.leaves(args_seq)
         if mode == "chunk":
             fn = self._chunk_fns.get(0) or self._chunk_fns.setdefault(0, make_chunk(self))
-        elif self._readout is not None and jax.tree.leaves(args_seq)[0].shape[0] == 1:
+        elif self._readout is not None:
+            T = a_leaves[0].shape[0] if a_leaves else 1
+            if T != 1:  # a window (MultiStepData, chunk_size) would silently take the pre-step signal
+                raise ArgumentError(f"a window of {T} steps: a learner compiled with learning_signal='post' "
+                                    f"reads the signal after each single step (pass one step at a time, or "
+                                    f"compile with learning_signal='pre' for windows)")
             fn = self._post_window_fn  # learning_signal='post', per step
         else:
             fn = self._window_fn

@@ -129,7 +129,7 @@ def test_step_by_step_equals_sequence_driver(x64):
     assert _rel_err(total, g_seq) < 1e-12
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(n_in=st.integers(1, 5), n_hid=st.integers(1, 6), T=st.integers(1, 6), seed=st.integers(0, 1000))
 def test_d_rtrl_identity_property(n_in, n_hid, T, seed):
     prev = jax.config.jax_enable_x64

@@ -77,3 +77,7 @@ def test_bad_uses_are_named():
     xs, ys = seq_data(3, 2, T=4, B=None)
     with pytest.raises(etprop.ArgumentError, match="closed_form_chunk"):
         learner.etrace_grad(xs, ys, mse, closed_form_chunk=2)
+    with pytest.raises(etprop.ArgumentError, match="window=2: .*learning_signal='post'"):
+        learner.etrace_grad(xs, ys, mse, window=2)
+    with pytest.raises(etprop.ArgumentError, match="a window of 2 steps"):  # braintrace's chunk_size windows
+        learner.etrace_grad(xs, ys, step_fn=lambda x, y: mse(learner(etprop.MultiStepData(x)), y), chunk_size=2)
