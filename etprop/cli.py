@@ -19,7 +19,7 @@ __all__ = ["main", "build_parser"]
 _EPILOG = """\
 examples:
   etprop train                                   # the demo: copying task, GRU, D-RTRL
-  etprop train --task evidence --model alif --algo d_rtrl --steps 400 --out runs/evidence
+  etprop train --task evidence --out runs/evidence   # e-prop's cue accumulation: ALIF net, 600 updates
   etprop train --task copying --algo bptt --out runs/bptt   # the exact reference, same budget
   etprop train --resume runs/demo --steps 600    # continue a run exactly where it stopped
 
@@ -90,15 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "sequence (memory independent of its length), BPTT is the exact reference.",
                        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(TASKS), default=d.task, help=f"task (default {d.task})")
-    p.add_argument("--model", choices=sorted(MODELS), default=d.model, help=f"network (default {d.model})")
+    p.add_argument("--model", choices=sorted(MODELS), default=None,
+                   help=f"network (default {d.model}, or the task's: etprop tasks)")
     p.add_argument("--algo", type=_algo_name, choices=sorted(ALGOS), default=d.algo,
                    help=f"learning algorithm (default {d.algo})")
-    p.add_argument("--steps", type=_positive_int, default=None, help=f"number of updates (default {d.steps}; "
+    p.add_argument("--steps", type=_positive_int, default=None, help=f"number of updates (default {d.steps} or the "
+                                                                      f"task's; "
                                                                       f"with --resume: a new total)")
-    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"sequences per update (default {d.batch})")
-    p.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"hidden units (default {d.hidden})")
+    p.add_argument("--batch", type=_positive_int, default=None,
+                   help=f"sequences per update (default {d.batch}, or the task's)")
+    p.add_argument("--hidden", type=_positive_int, default=None,
+                   help=f"hidden units (default {d.hidden}, or the task's)")
     p.add_argument("--seed", type=_nonneg_int, default=d.seed, help=f"seed of weights and data (default {d.seed})")
-    p.add_argument("--lr", type=_positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help=f"Adam learning rate (default {d.lr}, or the task's)")
     p.add_argument("--decay", type=_decay, default=None,
                    help="ES-D-RTRL / hybrid trace decay in (0, 1) (default: the algorithm's, 0.9)")
     p.add_argument("--clip", type=_positive_float, default=d.clip, help=f"gradient-norm clip (default {d.clip})")
@@ -106,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=list(SCHEDULES), default=d.schedule,
                    help=f"learning rate: 'constant' (--lr throughout) or 'cosine' (half a cosine from --lr down "
                         f"to {floor} over --schedule-steps updates, then {floor}; default {d.schedule})")
-    p.add_argument("--schedule-steps", type=_positive_int, default=d.schedule_steps,
+    p.add_argument("--schedule-steps", type=_positive_int, default=None,
                    help=f"updates over which --schedule cosine decays the learning rate (default "
-                        f"{d.schedule_steps}; fixed, so that --resume --steps extends a run exactly)")
+                        f"{d.schedule_steps}, or the task's --steps; fixed, so that --resume --steps extends "
+                        f"a run exactly)")
     p.add_argument("--eval-every", type=_nonneg_int, default=d.eval_every,
                    help=f"measure the cosine of the online gradient to BPTT every N updates, 0 for never "
                         f"(default {d.eval_every})")
@@ -161,13 +167,12 @@ def _train(args) -> int:
         train(out=args.out, resume=args.resume, steps=args.steps, plots_enabled=not args.no_plots,
               progress=not args.quiet, devices=args.devices)
         return 0
+    # options not given (None) take the task's settings (Task.train_defaults), else the global ones
     cfg = TrainConfig(task=args.task, model=args.model, algo=args.algo, batch=args.batch, hidden=args.hidden,
                       seed=args.seed, lr=args.lr, decay=args.decay, clip=args.clip, schedule=args.schedule,
                       schedule_steps=args.schedule_steps, eval_every=args.eval_every, eval_batch=args.eval_batch,
                       ckpt_every=args.ckpt_every, carry_state=args.carry_state, update=args.update,
-                      task_args=dict(args.task_arg), devices=args.devices or 1)
-    if args.steps is not None:
-        cfg.steps = args.steps
+                      task_args=dict(args.task_arg), devices=args.devices or 1, steps=args.steps)
     out = args.out or f"runs/{cfg.task}-{cfg.model}-{cfg.algo}"
     train(cfg, out=out, plots_enabled=not args.no_plots, progress=not args.quiet)
     return 0
@@ -218,6 +223,9 @@ def _list(command: str) -> int:
         from etprop.tasks import TASKS as choices
         for name, cls in sorted(choices.items()):
             print(f"{name:10s} {_summary(cls.__doc__)}")
+            if cls.train_defaults:
+                given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cls.train_defaults.items())
+                print(f"{'':10s} etprop train --task {name} runs with: {given}")
         return 0
     from etprop.algorithms.rules import canonical_name
     from etprop.experiment.runner import ALGOS as choices

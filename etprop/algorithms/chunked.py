@@ -49,8 +49,7 @@ def make_chunk(algo):
         def body(carry, a):
             hh, oo, trs, count, _ = carry
             tail = list(oo) + list(a)
-            outs, hn, on, rec = g.run(list(p) + list(hh) + tail, record=etp_ids)
-            sig = algo.step_signals(p, hh, tail, rec)
+            outs, hn, on, rec, sig = algo.step_with_signals(p, hh, tail, etp_ids)
             new, recs = [], []
             for rule, ops, trace in zip(rules, rops, trs):
                 nt, r = rule.chunk_record(ops, ops.load(trace), sig.of(ops.rel), count)

@@ -161,7 +161,7 @@ class SequenceDrivers(OnlineUpdates):
         if chunk_size and self._readout is not None:
             raise ArgumentError("closed_form_chunk computes per-step gradients with the pre-step learning signal; "
                                 "a learner compiled with learning_signal='post' runs per step (leave it None)")
-        if window > 1 and self._readout is not None:
+        if self._readout is not None and window is not None and window > 1:
             raise ArgumentError(f"window={window}: a learner compiled with learning_signal='post' reads the signal "
                                 f"after each single step; windows take the pre-step signal (compile with "
                                 f"learning_signal='pre' for windows, or leave window=None)")

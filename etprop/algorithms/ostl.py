@@ -72,8 +72,7 @@ class OSTLRecurrent(TraceLearner):
     def trace_rule(self, rel: Relation) -> TraceRule:
         return self.param_or_io(rel)
 
-    def step_signals(self, p_leaves, h_leaves, tail, rec) -> StepSignals:
-        sig = super().step_signals(p_leaves, h_leaves, tail, rec)
+    def refine_signals(self, sig: StepSignals, p_leaves, h_leaves, tail) -> StepSignals:
         if not self._rec_groups:
             return sig
         D = dict(sig.D)

@@ -60,13 +60,42 @@ class WindowFunctions:
 
     def step_signals(self, p_leaves, h_leaves, tail, rec) -> StepSignals:
         """``D`` and ``Df`` by JVPs of the step linearised with ETP inputs cut."""
+        zeros_y = self._zero_etp_outputs()
+        _, lin = jax.linearize(lambda h, py: self.graph.run(list(p_leaves) + list(h) + list(tail), etp_pert=py,
+                                                            cut=True)[1], list(h_leaves), zeros_y)
+        return self.refine_signals(self._signals(lin, h_leaves, zeros_y, rec), p_leaves, h_leaves, tail)
+
+    def step_with_signals(self, p_leaves, h_leaves, tail, record):
+        """``(outs, h', o', recorded operands, StepSignals)`` of one step from ONE evaluation of
+        the model: the step linearised with ETP inputs cut computes the step's values as its
+        primal (a cut changes no value) and ``D``, ``Df`` as its JVPs, so the operators' products
+        run once per step, not once for the step and again for the signals. No relations (BPTT):
+        the plain step and no signals."""
         g = self.graph
-        zeros_y = {i: jnp.zeros(a.shape, a.dtype) for i, a in g.etp_out_avals.items()}
+        if not g.relations:
+            outs, hn, on, rec = g.run(list(p_leaves) + list(h_leaves) + list(tail), record=record)
+            return outs, hn, on, rec, None
+        zeros_y = self._zero_etp_outputs()
 
         def dyn(h, py):
-            return g.run(list(p_leaves) + list(h) + list(tail), etp_pert=py, cut=True)[1]
+            outs, hn, on, rec = g.run(list(p_leaves) + list(h) + list(tail), etp_pert=py, cut=True, record=record)
+            return hn, (outs, on, rec)
 
-        _, lin = jax.linearize(dyn, list(h_leaves), zeros_y)
+        hn, lin, (outs, on, rec) = jax.linearize(dyn, list(h_leaves), zeros_y, has_aux=True)
+        sig = self.refine_signals(self._signals(lin, h_leaves, zeros_y, rec), p_leaves, h_leaves, tail)
+        return outs, list(hn), on, rec, sig
+
+    def refine_signals(self, sig: StepSignals, p_leaves, h_leaves, tail) -> StepSignals:
+        """A learner's change to the step's signals (OSTL: the uncut recurrent blocks); default none."""
+        return sig
+
+    def _zero_etp_outputs(self) -> dict:
+        return {i: jnp.zeros(a.shape, a.dtype) for i, a in self.graph.etp_out_avals.items()}
+
+    def _signals(self, lin, h_leaves, zeros_y, rec) -> StepSignals:
+        """``D`` (per group, one JVP per state) and ``Df`` (per operator, one JVP) from ``lin``,
+        the step linearised in ``(h, etp output perturbations)``."""
+        g = self.graph
         zero_h = [jnp.zeros_like(h) for h in h_leaves]
         D = {}
         for grp in g.groups:
@@ -106,8 +135,7 @@ class WindowFunctions:
         def body(carry, a_leaves):
             h, o, tr, _ = carry
             tail = list(o) + list(a_leaves)
-            outs, hn, on, rec = g.run(list(p_leaves) + list(h) + tail, record=etp_ids)
-            sig = self.step_signals(p_leaves, h, tail, rec)
+            outs, hn, on, rec, sig = self.step_with_signals(p_leaves, h, tail, etp_ids)
             count = tr["count"]
             new_rel = [ops.store(rule.advance(ops, ops.load(trace), sig.of(ops.rel), count))
                        for rule, ops, trace in zip(self._rules, self._ops, tr["rel"])]

@@ -14,8 +14,8 @@ from etprop.algorithms.rules import canonical_name, resolve, rule_names
 from etprop.errors import ArgumentError, NotSupportedError
 from etprop.experiment.models import MODELS
 
-__all__ = ["TrainConfig", "ALGOS", "NOT_OFFERED", "UNAVAILABLE", "refusal", "algo_options", "learning_rate",
-           "SCHEDULES", "LR_FLOOR"]
+__all__ = ["TrainConfig", "GLOBAL_DEFAULTS", "task_train_defaults", "ALGOS", "NOT_OFFERED", "UNAVAILABLE", "refusal",
+           "algo_options", "learning_rate", "SCHEDULES", "LR_FLOOR"]
 
 #: rules of the registry that ``etprop train`` does not offer, and why (``--algo`` says so)
 NOT_OFFERED = {
@@ -81,22 +81,40 @@ def learning_rate(cfg, steps_per_update: int):
     return optax.cosine_decay_schedule(cfg.lr, cfg.schedule_steps * steps_per_update, alpha=LR_FLOOR)
 
 
+#: the settings of a run whose task has no `train_defaults` of its own (the copying demo's)
+GLOBAL_DEFAULTS = {"model": "gru", "steps": 2000, "batch": 32, "hidden": 64, "lr": 1e-2, "schedule_steps": 2000}
+
+
+def task_train_defaults(task) -> dict:
+    """The run settings of ``task`` (a name): `GLOBAL_DEFAULTS` updated with the task class's
+    ``train_defaults`` (the set-up its benchmark is measured with; ``schedule_steps`` follows
+    ``steps`` unless the task says otherwise)."""
+    from etprop.tasks import TASKS
+
+    own = dict(getattr(TASKS.get(task) if isinstance(task, str) else None, "train_defaults", {}))
+    if "steps" in own:
+        own.setdefault("schedule_steps", own["steps"])
+    return {**GLOBAL_DEFAULTS, **own}
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything that defines a run (saved in the checkpoint; ``--resume`` reads it back)."""
 
+    # model, steps, batch, hidden, lr and schedule_steps left None take the task's `train_defaults`
+    # (`etprop.tasks.Task.train_defaults`), else `GLOBAL_DEFAULTS`; resolved when the config is made
     task: str = "copying"
-    model: str = "gru"
+    model: str | None = None
     algo: str = "d_rtrl"
-    steps: int = 2000
-    batch: int = 32
-    hidden: int = 64
+    steps: int | None = None
+    batch: int | None = None
+    hidden: int | None = None
     seed: int = 0
-    lr: float = 1e-2
+    lr: float | None = None
     decay: float | None = None  # ES-D-RTRL / hybrid: decay_or_rank (None: the algorithm's default)
     clip: float = 1.0  # global gradient-norm clip
     schedule: str = "cosine"  # "constant": lr throughout; "cosine": lr -> lr / 10 over schedule_steps updates
-    schedule_steps: int = 2000
+    schedule_steps: int | None = None
     eval_every: int = 50  # cosine of the online gradient to BPTT, every this many updates (0: never)
     eval_batch: int = 1024  # held-out sequences of the final evaluation (run `batch` at a time)
     ckpt_every: int = 100
@@ -104,6 +122,11 @@ class TrainConfig:
     update: str = "sequence"  # "sequence": one update per batch; "step": an update at every time step
     task_args: dict = dataclasses.field(default_factory=dict)
     devices: int = 1  # data parallel over this many devices (the batch split over a mesh axis 'data')
+
+    def __post_init__(self):
+        for key, value in task_train_defaults(self.task).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
 
     def validate(self) -> None:
         """Raise `ArgumentError` naming the first setting that is invalid."""

@@ -13,8 +13,13 @@ plotting after a step (spikes and membrane potentials for spiking networks).
 ``lru``      `LRUCell` -> GELU -> `Linear` readout                  ``h_re, h_im``
 ===========  =====================================================  =========================
 
-Spiking networks use ``dt = 1 ms`` (set by the caller with ``brainstate.environ``), membrane
-time constant 20 ms, adaptation 200 ms and a readout time constant of 10 ms.
+Spiking networks read ``dt`` from ``brainstate.environ`` (``etprop train`` sets the task's
+``dt``, 1 ms unless the task says otherwise); their time constants are in ms, so they do not
+change with ``dt``. ``lif``: membrane time constant 20 ms, readout 10 ms. ``alif`` is the
+LSNN of Bellec et al. (2020) for cue accumulation: the first half of the layer LIF neurons,
+the second half adaptive (threshold ``1 + beta a``, ``a`` the spike count decaying with
+``tau_a``; ``beta = 0.08`` per spike, ``tau_a = 2000 ms``, the paper's adaptation time constant,
+of the order of the tasks' delays), membrane 20 ms, readout 20 ms.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import brainstate
 import brainunit as u
 import jax
+import jax.numpy as jnp
 
 from etprop.errors import ArgumentError
 from etprop.nn import GRUCell, LeakyRateReadout, Linear, LRUCell, SpikingRecurrentLayer
@@ -49,16 +55,25 @@ class SpikingNet(brainstate.nn.Module):
     """A recurrent LIF / ALIF layer (e-prop's network) read out by leaky integrators.
 
     ``z_t = neuron(x_t W_in + z_{t-1} W_rec)``, ``r_t = d r_{t-1} + (1 - d) z_t W_out``.
+
+    With ``neuron="alif"``, the last ``round(adaptive * n_hidden)`` neurons adapt (threshold
+    increase ``beta`` per spike, decaying with ``tau_a``); the others have ``beta = 0``, i.e. are
+    LIF neurons (one neuron group, so one hidden group for the learners).
     """
 
     def __init__(self, n_in: int, n_hidden: int, n_out: int, *, neuron: str = "lif", seed: int = 0,
-                 in_scale: float = 40.0, rec_scale: float = 4.0):
+                 in_scale: float = 40.0, rec_scale: float = 4.0, tau_out: float = 10.0, tau_a: float = 2000.0,
+                 beta: float = 0.08, adaptive: float = 0.5):
         super().__init__()
         k1, k2 = jax.random.split(jax.random.key(seed))
-        kw = {"tau_a": 200.0 * u.ms, "beta": 0.5} if neuron == "alif" else {}
+        kw = {}
+        if neuron == "alif":
+            n_adapt = int(round(adaptive * n_hidden))
+            self.n_adaptive = n_adapt
+            kw = {"tau_a": tau_a * u.ms, "beta": jnp.where(jnp.arange(n_hidden) >= n_hidden - n_adapt, beta, 0.0)}
         self.rec = SpikingRecurrentLayer(n_in, n_hidden, neuron, tau=20.0 * u.ms, in_scale=in_scale,
                                          rec_scale=rec_scale, seed=k1, **kw)
-        self.readout = LeakyRateReadout(n_hidden, n_out, tau=10.0 * u.ms, seed=k2, bias=True)
+        self.readout = LeakyRateReadout(n_hidden, n_out, tau=tau_out * u.ms, seed=k2, bias=True)
 
     def update(self, x):
         return self.readout(self.rec(x))
@@ -83,19 +98,35 @@ class LRUNet(brainstate.nn.Module):
         return {"h_re": self.cell.h_re.value}
 
 
+def _spiking(neuron: str, **kw):
+    """A `SpikingNet` factory; the input and recurrent weight scales are for 1 ms steps and scale
+    as ``1 / dt``, so that one spike moves a membrane potential by the same amount at any ``dt``
+    (the drive enters through ``1 - exp(-dt / tau)``, about ``dt / tau``)."""
+
+    def make(n_in, n_hidden, n_out, *, seed=0, dt=1.0):
+        return SpikingNet(n_in, n_hidden, n_out, neuron=neuron, seed=seed, in_scale=40.0 / dt, rec_scale=4.0 / dt,
+                          **kw)
+
+    return make
+
+
 MODELS = {
     "gru": GRUNet,
-    "lif": lambda n_in, n_hidden, n_out, *, seed=0: SpikingNet(n_in, n_hidden, n_out, neuron="lif", seed=seed),
-    "alif": lambda n_in, n_hidden, n_out, *, seed=0: SpikingNet(n_in, n_hidden, n_out, neuron="alif", seed=seed),
+    "lif": _spiking("lif"),
+    "alif": _spiking("alif", tau_out=20.0),
     "lru": LRUNet,
 }
 SPIKING = frozenset({"lif", "alif"})
 
 
-def build_model(name: str, n_in: int, n_hidden: int, n_out: int, *, seed: int = 0) -> brainstate.nn.Module:
-    """The network ``name`` (one of `MODELS`) for one sample; the learner batches it."""
+def build_model(name: str, n_in: int, n_hidden: int, n_out: int, *, seed: int = 0,
+                dt: float = 1.0) -> brainstate.nn.Module:
+    """The network ``name`` (one of `MODELS`) for one sample; the learner batches it. ``dt``
+    (ms): the step the spiking models will run at (their weight scales follow it)."""
     if name not in MODELS:
         raise ArgumentError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     if n_hidden < 1:
         raise ArgumentError(f"hidden size must be a positive int, got {n_hidden}")
+    if name in SPIKING:
+        return MODELS[name](n_in, n_hidden, n_out, seed=seed, dt=dt)
     return MODELS[name](n_in, n_hidden, n_out, seed=seed)

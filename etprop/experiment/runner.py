@@ -81,13 +81,24 @@ class Run:
     """
 
     def __init__(self, cfg: TrainConfig):
-        import optax
-
         cfg.validate()
         self.cfg = cfg
         self.task = get_task(cfg.task, **cfg.task_args)
-        task, B = self.task, cfg.batch
-        self.model = build_model(cfg.model, task.n_in, cfg.hidden, task.n_out, seed=cfg.seed)
+        with brainstate.environ.context(dt=self.dt):
+            self._build()
+
+    @property
+    def dt(self):
+        """The step of the spiking models: the task's ``dt`` (ms) where it has one, else 1 ms.
+        Everything the run traces (the learners, the update, the evaluation) is traced with it."""
+        return float(getattr(self.task, "dt", 1.0)) * u.ms
+
+    def _build(self):
+        import optax
+
+        cfg, task, B = self.cfg, self.task, self.cfg.batch
+        self.model = build_model(cfg.model, task.n_in, cfg.hidden, task.n_out, seed=cfg.seed,
+                                 dt=float(getattr(task, "dt", 1.0)))
         brainstate.nn.init_all_states(self.model, batch_size=B)
         x0 = jnp.zeros((B, task.n_in), jnp.float32)
         mesh = device_mesh(cfg.devices, B)
@@ -199,10 +210,11 @@ class Run:
     def compile(self, state) -> int | None:
         """Compile the update ahead of time (so the first step's time is the step's own);
         returns the bytes of its XLA temporaries (None where XLA does not say)."""
-        compiled = self.train_step.lower(state, jnp.int32(0)).compile()
-        self.train_step = compiled
-        if self._bptt is not None:
-            self.grad_cosine = self.grad_cosine.lower(state, jnp.int32(0)).compile()
+        with brainstate.environ.context(dt=self.dt):
+            compiled = self.train_step.lower(state, jnp.int32(0)).compile()
+            self.train_step = compiled
+            if self._bptt is not None:
+                self.grad_cosine = self.grad_cosine.lower(state, jnp.int32(0)).compile()
         try:
             return int(compiled.memory_analysis().temp_size_in_bytes)
         except Exception:  # noqa: BLE001 -- memory analysis is optional per backend
@@ -219,7 +231,8 @@ class Run:
             out = model(x)
             return out, model.observe()
 
-        outs, obs = brainstate.transform.jit(lambda xs: brainstate.transform.for_loop(body, xs))(inputs)
+        with brainstate.environ.context(dt=self.dt):
+            outs, obs = brainstate.transform.jit(lambda xs: brainstate.transform.for_loop(body, xs))(inputs)
         self.learner.reset()
         pick = lambda a: np.asarray(u.get_mantissa(a))[:, 0]
         return {k: pick(v) for k, v in obs.items()}, pick(outs)
@@ -270,7 +283,7 @@ def train(cfg: TrainConfig | None = None, *, out: str | None = None, resume: str
         cfg = TrainConfig()
     if out is None:
         raise ArgumentError("give an output directory (--out DIR)")
-    with brainstate.environ.context(dt=1.0 * u.ms):  # spiking models: 1 ms steps (read when traced)
+    with brainstate.environ.context(dt=1.0 * u.ms):  # Run traces its own functions with the task's dt
         t_start = time.perf_counter()
         run = Run(cfg)
         state, start, rows = run.initial_state(), 0, []
@@ -326,7 +339,8 @@ def _train(run: Run, state, start: int, rows: list, out: str, t_start: float, pl
     log(f"etprop train: task={cfg.task} model={cfg.model} algo={cfg.algo} hidden={cfg.hidden} batch={cfg.batch} "
         f"T={run.task.n_steps} updates={cfg.steps} (compiled in {time.perf_counter() - t_compile:.1f} s)")
     state, last = _loop(run, state, start, rows, out, t_start, progress, log, on_update)
-    acc, batch, _ = run.evaluate(state["params"], state["others"])
+    with brainstate.environ.context(dt=run.dt):
+        acc, batch, _ = run.evaluate(state["params"], state["others"])
     acc = float(acc)
     figures = _figures(run, state, batch, rows, out, log) if plots_enabled and rows else []
     wall = time.perf_counter() - t_start

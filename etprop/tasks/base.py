@@ -110,6 +110,9 @@ class Task:
     kind: ClassVar[str]            # 'classification' | 'regression'
     spiking_input: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}
+    # The `etprop train` settings (model, hidden, batch, steps, lr, schedule_steps) this task runs
+    # with unless given (`etprop.experiment.config.task_train_defaults`); the rest are global.
+    train_defaults: ClassVar[dict[str, Any]] = {}
     # Parameters that may be 0 (delays, gaps, optional populations); every other int must be >= 1.
     may_be_zero: ClassVar[frozenset[str]] = frozenset()
 

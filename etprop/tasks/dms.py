@@ -26,15 +26,23 @@ class DMS(Task):
     sample); otherwise the test is one of the other stimuli, uniformly.
 
     ``targets`` ``(T, B)`` int32, 1 = match and 0 = non-match at every step; ``mask`` 1 on the
-    decision steps. The default delay of 100 steps is the long-memory regime; shrink it for tests.
+    decision steps.
+
+    Defaults: a delay of 1,000 ms (100 steps of ``dt = 10 ms``), the long-memory regime of
+    delayed match-to-sample in spiking networks (delays of 500-1,000 ms), with e-prop's input
+    coding (populations of 10 neurons at 40 Hz, noise at 10 Hz): sample 150 ms (15 steps),
+    delay 1,000 ms, test 150 ms, decision 150 ms: ``T = 145`` steps = 1,450 ms. ``dt`` is
+    10 ms rather than 1 ms so that a run trains in minutes on a CPU (rates and the networks'
+    time constants are in Hz and ms, so they do not change with ``dt``); shrink ``delay`` for tests.
     """
 
     name = "dms"
     kind = "classification"
     spiking_input = True
-    defaults = {"n_stimuli": 2, "pop_size": 10, "n_noise": 10, "cue_steps": 20, "delay": 100,
-                "recall_steps": 10, "cue_rate": 100.0, "noise_rate": 10.0, "dt": 1.0}
+    defaults = {"n_stimuli": 2, "pop_size": 10, "n_noise": 10, "cue_steps": 15, "delay": 100,
+                "recall_steps": 15, "cue_rate": 40.0, "noise_rate": 10.0, "dt": 10.0}
     may_be_zero = frozenset({"n_noise", "delay"})
+    train_defaults = {"model": "alif", "hidden": 100, "batch": 64, "steps": 600}
 
     def _validate(self):
         if self.n_stimuli < 2:

@@ -27,16 +27,36 @@ class Evidence(Task):
     Each cue's side is a fair coin; ``n_cues`` is odd so there is no tie.
 
     ``targets`` ``(T, B)`` int32, the label (0 = left, 1 = right) at every step; ``mask`` 1 on the
-    recall steps. Defaults are Bellec et al.'s layout (7 cues, 10 neurons a population, 10 Hz
-    noise) with time shrunk about tenfold and the cue rate raised so a cue still carries ~10 spikes.
+    recall steps.
+
+    Defaults: the cue-accumulation task of Bellec et al. (2020, Fig. 3) in its timing, at
+    ``dt = 10 ms`` a step: 7 cues of 100 ms (10 steps) each followed by 50 ms (5 steps) of
+    silence, a delay of 1,000 ms (100 steps), a recall period of 150 ms (15 steps), so
+    ``T = 220`` steps = 2,200 ms; four populations of 10 input neurons, cues and recall at
+    40 Hz, noise at 10 Hz throughout. What differs from the paper and why:
+
+    * ``dt`` is 10 ms, not 1 ms: the same trial in 220 steps instead of 2,200, so that a run
+      trains in minutes on a CPU (every algorithm's cost is linear in the number of steps).
+      Rates and the networks' time constants are in Hz and ms, so they do not change with
+      ``dt``; at 40 Hz a cue neuron fires in a 10 ms step with probability 0.4, so spike
+      timing is coarser (at most one spike a step).
+    * the delay is fixed (the paper's trials also end with the recall 2,250 ms after onset);
+      the loss is the cross-entropy at every recall step (the paper: of the output averaged
+      over the recall period), and there is no firing-rate regulariser in the loss (the
+      built-in tasks' loss sees only the network's output).
+
+    ``etprop train --task evidence`` uses the paper's network (``--model alif``: 50 LIF and 50
+    adaptive neurons, ``tau_a = 2000 ms``, a leaky readout; see `etprop.experiment.models`)
+    with the settings of `train_defaults`.
     """
 
     name = "evidence"
     kind = "classification"
     spiking_input = True
     defaults = {"n_cues": 7, "pop_size": 10, "n_noise": 10, "cue_steps": 10, "gap_steps": 5,
-                "delay": 50, "recall_steps": 15, "cue_rate": 100.0, "noise_rate": 10.0, "dt": 1.0}
+                "delay": 100, "recall_steps": 15, "cue_rate": 40.0, "noise_rate": 10.0, "dt": 10.0}
     may_be_zero = frozenset({"n_noise", "gap_steps", "delay"})
+    train_defaults = {"model": "alif", "hidden": 100, "batch": 64, "steps": 600}
 
     def _validate(self):
         if self.n_cues % 2 == 0:

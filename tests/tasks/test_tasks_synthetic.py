@@ -131,7 +131,7 @@ def test_copying_layout_and_labels():
 def test_evidence_label_is_majority_side_of_cue_spikes():
     # Saturating cue rate (one spike per neuron and step) and no noise: every cue is unambiguous.
     task = Evidence(n_cues=5, cue_steps=4, gap_steps=2, delay=3, recall_steps=4, cue_rate=1000.0,
-                    noise_rate=0.0, pop_size=6)
+                    noise_rate=0.0, pop_size=6, dt=1.0)
     batch = sample(task)
     x, y, m = (np.asarray(a) for a in (batch.inputs, batch.targets, batch.mask))
     p, period = 6, 6
@@ -153,13 +153,14 @@ def test_evidence_label_is_majority_side_of_cue_spikes():
 def test_evidence_noise_rate():
     task = small("evidence")
     x = np.asarray(sample(task).inputs)
-    assert x[..., 3 * task.pop_size:].mean() == pytest.approx(0.01, abs=0.002)   # 10 Hz at 1 ms
+    p = task.noise_rate * task.dt * 1e-3                                          # 10 Hz at dt ms
+    assert x[..., 3 * task.pop_size:].mean() == pytest.approx(p, rel=0.2)
 
 
 @pytest.mark.parametrize("n_stimuli", [2, 3])
 def test_dms_label_is_match_of_sample_and_test(n_stimuli):
     task = DMS(n_stimuli=n_stimuli, cue_steps=5, delay=7, recall_steps=3, cue_rate=500.0,
-               noise_rate=0.0, pop_size=4)
+               noise_rate=0.0, pop_size=4, dt=1.0)
     batch = sample(task)
     x, y = np.asarray(batch.inputs), np.asarray(batch.targets)
     counts = x[..., :4 * n_stimuli].reshape(task.n_steps, B, n_stimuli, 4).sum(-1)  # (T, B, S)
