@@ -75,6 +75,41 @@ def _algo_name(text: str) -> str:
     return text
 
 
+def _add_run_options(p, d) -> None:
+    """``etprop train``'s options for where it runs, what it measures and writes, and resuming."""
+    p.add_argument("--eval-every", type=_nonneg_int, default=d.eval_every,
+                   help=f"measure the cosine of the online gradient to BPTT every N updates, 0 for never "
+                        f"(default {d.eval_every})")
+    p.add_argument("--devices", type=_positive_int, default=None,
+                   help="train data parallel on N devices: the batch is split over them, the gradient reduced "
+                        "by XLA (on a CPU, N host devices are made; --batch must be a multiple of N; default 1; "
+                        "with --resume: continue a run on another device count)")
+    p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="several processes (one per host) under jax.distributed: the address of process 0; "
+                        "every process runs the same command with its own --process-id (docs/scaling.md)")
+    p.add_argument("--num-processes", type=_positive_int, default=None,
+                   help="with --coordinator: how many processes take part")
+    p.add_argument("--process-id", type=_nonneg_int, default=None,
+                   help="with --coordinator: this process's number, 0 .. N-1 (process 0 writes the files)")
+    p.add_argument("--eval-batch", type=_positive_int, default=d.eval_batch,
+                   help=f"held-out sequences of the final evaluation (default {d.eval_batch})")
+    p.add_argument("--ckpt-every", type=_nonneg_int, default=d.ckpt_every,
+                   help=f"checkpoint every N updates, 0 for only at the end (default {d.ckpt_every})")
+    p.add_argument("--update", choices=["sequence", "step"], default=d.update,
+                   help="'sequence': one optimiser update per batch from the online gradient accumulated "
+                        "over the sequence (default); 'step': an update at every time step (true online "
+                        "learning; use a smaller --lr)")
+    p.add_argument("--carry-state", action="store_true",
+                   help="do not reset hidden states and traces between batches (one continuing stream)")
+    p.add_argument("--task-arg", type=_task_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="override a task size, e.g. --task-arg delay=20 (repeatable)")
+    p.add_argument("--out", default=None, help="output directory (default runs/<task>-<model>-<algo>)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run checkpointed in DIR with its saved settings")
+    p.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from etprop.experiment.models import MODELS
     from etprop.experiment.runner import ALGOS, LR_FLOOR, SCHEDULES, TrainConfig
@@ -115,30 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"updates over which --schedule cosine decays the learning rate (default "
                         f"{d.schedule_steps}, or the task's --steps; fixed, so that --resume --steps extends "
                         f"a run exactly)")
-    p.add_argument("--eval-every", type=_nonneg_int, default=d.eval_every,
-                   help=f"measure the cosine of the online gradient to BPTT every N updates, 0 for never "
-                        f"(default {d.eval_every})")
-    p.add_argument("--devices", type=_positive_int, default=None,
-                   help="train data parallel on N devices: the batch is split over them, the gradient reduced "
-                        "by XLA (on a CPU, N host devices are made; --batch must be a multiple of N; default 1; "
-                        "with --resume: continue a run on another device count)")
-    p.add_argument("--eval-batch", type=_positive_int, default=d.eval_batch,
-                   help=f"held-out sequences of the final evaluation (default {d.eval_batch})")
-    p.add_argument("--ckpt-every", type=_nonneg_int, default=d.ckpt_every,
-                   help=f"checkpoint every N updates, 0 for only at the end (default {d.ckpt_every})")
-    p.add_argument("--update", choices=["sequence", "step"], default=d.update,
-                   help="'sequence': one optimiser update per batch from the online gradient accumulated "
-                        "over the sequence (default); 'step': an update at every time step (true online "
-                        "learning; use a smaller --lr)")
-    p.add_argument("--carry-state", action="store_true",
-                   help="do not reset hidden states and traces between batches (one continuing stream)")
-    p.add_argument("--task-arg", type=_task_arg, action="append", default=[], metavar="KEY=VALUE",
-                   help="override a task size, e.g. --task-arg delay=20 (repeatable)")
-    p.add_argument("--out", default=None, help="output directory (default runs/<task>-<model>-<algo>)")
-    p.add_argument("--resume", default=None, metavar="DIR",
-                   help="continue the run checkpointed in DIR with its saved settings")
-    p.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    _add_run_options(p, d)
     sub.add_parser("tasks", help="list the tasks")
     sub.add_parser("models", help="list the models")
     sub.add_parser("algos", help="list the algorithms")
@@ -161,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from etprop.experiment.runner import TrainConfig, train
 
-    if (args.devices or 1) > 1:
+    if args.coordinator is not None or args.num_processes is not None or args.process_id is not None:
+        _join(args)
+    elif (args.devices or 1) > 1:
         _host_devices(args.devices)
     if args.resume is not None:
         train(out=args.out, resume=args.resume, steps=args.steps, plots_enabled=not args.no_plots,
@@ -176,6 +190,24 @@ def _train(args) -> int:
     out = args.out or f"runs/{cfg.task}-{cfg.model}-{cfg.algo}"
     train(cfg, out=out, plots_enabled=not args.no_plots, progress=not args.quiet)
     return 0
+
+
+def _join(args) -> None:
+    """Join a multi-process run (`etprop.experiment.distributed`); ``--devices`` becomes all of
+    the processes' devices where it is not given."""
+    from etprop.errors import ArgumentError
+    from etprop.experiment.distributed import start
+
+    missing = [f"--{k.replace('_', '-')}" for k in ("coordinator", "num_processes", "process_id")
+               if getattr(args, k) is None]
+    if missing:
+        raise ArgumentError(f"a multi-process run needs --coordinator HOST:PORT, --num-processes N and "
+                            f"--process-id K together; missing {', '.join(missing)}")
+    start(args.coordinator, args.num_processes, args.process_id, args.devices)
+    if args.devices is None:
+        import jax
+
+        args.devices = jax.device_count()
 
 
 def _host_devices(n: int) -> None:

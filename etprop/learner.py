@@ -17,6 +17,29 @@ from etprop.errors import ArgumentError
 __all__ = ["compile"]
 
 
+def _check_arguments(cls, options, batch_size, seed, verbose, check_finite, cross_shape, vmap) -> None:
+    """`compile`'s arguments checked (``options`` loses braintrace's ``vjp_method``)."""
+    # braintrace's vjp_method chooses whether windows (chunk_size >= 2) are allowed; etprop's
+    # learners always allow them, so both values mean the same here
+    vjp_method = options.pop("vjp_method", None)
+    if vjp_method not in (None, "single-step", "multi-step"):
+        raise ArgumentError(f"vjp_method must be 'single-step' or 'multi-step' (braintrace's), got {vjp_method!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise ArgumentError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    if verbose not in (0, 1, 2):
+        raise ArgumentError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise ArgumentError(f"check_finite must be True or False, got {check_finite!r}")
+    if cross_shape not in ("error", "warn"):
+        raise ArgumentError(f"cross_shape must be 'error' or 'warn', got {cross_shape!r}")
+    _check_options(cls, options)
+    if vmap and batch_size is None:
+        raise ArgumentError("vmap=True needs batch_size= (the size of the example inputs' leading axis)")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ArgumentError(f"seed must be an int or None, got {seed!r}")
+
+
 def compile(model, algorithm, *example_inputs, batch_size: int | None = None, seed: int | None = None,
             verbose: int = 0, vmap: bool = False, cross_shape: str = "error", check_finite: bool = True,
             trace_dtype=None, mesh=None, batch_axis: str | None = None, trace_axis: str | None = None,
@@ -76,26 +99,8 @@ def compile(model, algorithm, *example_inputs, batch_size: int | None = None, se
         learner = etprop.compile(model, "d_rtrl", x0, batch_size=16)
     """
     cls, _ = resolve(algorithm)  # validates the name or class first, with the list of valid ones
-    # braintrace's vjp_method chooses whether windows (chunk_size >= 2) are allowed; etprop's
-    # learners always allow them, so both values mean the same here
-    vjp_method = options.pop("vjp_method", None)
-    if vjp_method not in (None, "single-step", "multi-step"):
-        raise ArgumentError(f"vjp_method must be 'single-step' or 'multi-step' (braintrace's), got {vjp_method!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                   or batch_size < 1):
-        raise ArgumentError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    if verbose not in (0, 1, 2):
-        raise ArgumentError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-    if not isinstance(check_finite, (bool, np.bool_)):
-        raise ArgumentError(f"check_finite must be True or False, got {check_finite!r}")
-    if cross_shape not in ("error", "warn"):
-        raise ArgumentError(f"cross_shape must be 'error' or 'warn', got {cross_shape!r}")
-    _check_options(cls, options)
-    if vmap and batch_size is None:
-        raise ArgumentError("vmap=True needs batch_size= (the size of the example inputs' leading axis)")
+    _check_arguments(cls, options, batch_size, seed, verbose, check_finite, cross_shape, vmap)
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ArgumentError(f"seed must be an int or None, got {seed!r}")
         with brainstate.random.seed_context(int(seed)):
             _ensure_states(model, batch_size, force=True)
         for key in _SEEDED.get(cls.__name__, ()):

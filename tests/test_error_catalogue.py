@@ -29,6 +29,7 @@ import etprop
 import etprop.nn as enn
 from etprop import errors
 from etprop.errors import CheckpointError
+from etprop.experiment import distributed
 from etprop.experiment.checkpoint import read_meta
 from etprop.experiment.runner import TrainConfig
 from etprop.tasks import get_task
@@ -393,6 +394,9 @@ CASES = [
          etprop.ArgumentError, ("'d-rtlr'", "'d_rtrl'", "'bptt'")),
     Case("etprop train: --resume of a directory without a checkpoint", lambda: read_meta("runs/no-such-run"),
          CheckpointError, ("runs/no-such-run", "meta.json", "no checkpoint")),
+    Case("etprop train: --process-id outside --num-processes",
+         lambda: distributed.start("127.0.0.1:1234", 2, 2, None),
+         etprop.ArgumentError, ("--process-id", "got 2", "[0, 2)")),
 ]
 
 

@@ -84,20 +84,8 @@ class SequenceDrivers(OnlineUpdates):
         if step_fn is not None:
             from_etprop = {"window": window != 1, "closed_form_chunk": closed_form_chunk is not None,
                            "return_losses": return_losses, "step_loss": step_loss is not None}
-            if any(from_etprop.values()):
-                bad = [k for k, v in from_etprop.items() if v]
-                raise ArgumentError(f"etrace_grad(..., step_fn=...) is braintrace's convention; {bad} belong to "
-                                    f"etprop's etrace_grad(xs, ys, step_loss): use chunk_size= for windows and "
-                                    f"return_value=True for the losses")
-            reduction = "mean" if reduction is None else reduction
-            fast = self._step_fn_fast(sequences, step_fn, mask, chunk_size, weights, reduction, loss_output,
-                                      has_aux, return_value)
-            if fast is not None:
-                return fast
-            sequences = self.put_inputs(tuple(sequences), 1)
-            return step_fn_grad(self.model, self._jit_cache, self.check_finite, sequences, step_fn, mask=mask,
-                                chunk_size=chunk_size, weights=weights, reduction=reduction, loss_output=loss_output,
-                                has_aux=has_aux, return_value=return_value)
+            return self._etrace_grad_step_fn(sequences, step_fn, mask, chunk_size, weights, reduction, loss_output,
+                                             has_aux, return_value, [k for k, v in from_etprop.items() if v])
         from_braintrace = {"weights": weights is not None, "has_aux": has_aux, "return_value": return_value,
                            "loss_output": loss_output != "per_step"}
         if any(from_braintrace.values()):
@@ -132,6 +120,24 @@ class SequenceDrivers(OnlineUpdates):
             losses = losses * scale
         total = jnp.sum(losses)
         return (grads, total, losses) if return_losses else (grads, total)
+
+    def _etrace_grad_step_fn(self, sequences, step_fn, mask, chunk_size, weights, reduction, loss_output, has_aux,
+                             return_value, etprop_only: list):
+        """`etrace_grad` in braintrace's convention: the fast path where it applies, else the
+        per-step driver (`etprop.algorithms.sequence`)."""
+        if etprop_only:
+            raise ArgumentError(f"etrace_grad(..., step_fn=...) is braintrace's convention; {etprop_only} belong to "
+                                f"etprop's etrace_grad(xs, ys, step_loss): use chunk_size= for windows and "
+                                f"return_value=True for the losses")
+        reduction = "mean" if reduction is None else reduction
+        fast = self._step_fn_fast(sequences, step_fn, mask, chunk_size, weights, reduction, loss_output,
+                                  has_aux, return_value)
+        if fast is not None:
+            return fast
+        sequences = self.put_inputs(tuple(sequences), 1)
+        return step_fn_grad(self.model, self._jit_cache, self.check_finite, sequences, step_fn, mask=mask,
+                            chunk_size=chunk_size, weights=weights, reduction=reduction, loss_output=loss_output,
+                            has_aux=has_aux, return_value=return_value)
 
     def etrace_evolve(self, *sequences, step_fn: Callable | None = None, chunk_size: int | None = None,
                       return_outputs: bool = False):

@@ -45,6 +45,7 @@ import jax
 import numpy as np
 
 from etprop.errors import CheckpointError, NumericalError
+from etprop.experiment.distributed import host_value, is_writer
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_meta", "legacy_note", "CHECKPOINT_DIR"]
 
@@ -66,7 +67,7 @@ def _flat(tree) -> dict:
 
 
 def _to_numpy(x) -> np.ndarray:
-    return np.asarray(jax.random.key_data(x) if _is_key(x) else x)
+    return host_value(jax.random.key_data(x) if _is_key(x) else x)
 
 
 def _sha256(a: np.ndarray) -> str:
@@ -102,7 +103,9 @@ def save_checkpoint(run_dir: str, state, *, step: int, config: dict) -> str:
     """Write ``state`` (a pytree of arrays) after ``step`` updates; returns the checkpoint dir.
 
     Raises `NumericalError` (nothing written) if a floating leaf holds NaN or inf, and
-    `CheckpointError` if the files cannot be written (the previous checkpoint is kept).
+    `CheckpointError` if the files cannot be written (the previous checkpoint is kept). With
+    several processes (``jax.distributed``) every process calls it: the arrays are gathered to
+    the host in each, and process 0 writes them.
     """
     ckpt = os.path.join(run_dir, CHECKPOINT_DIR)
     arrays = {k: _to_numpy(v) for k, v in _flat(state).items()}
@@ -112,6 +115,8 @@ def save_checkpoint(run_dir: str, state, *, step: int, config: dict) -> str:
             raise NumericalError(f"not saving a checkpoint in {ckpt} at update {step}: state entry {name} holds "
                                  f"{bad} NaN/inf of {a.size} values; the previous checkpoint is kept. Lower --lr "
                                  f"or --clip")
+    if not is_writer():
+        return ckpt
     meta = {"format": _FORMAT, "version": _VERSION, "step": int(step), "config": config,
             "leaves": {k: {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": _sha256(a)}
                        for k, a in arrays.items()}}

@@ -37,6 +37,7 @@ from etprop.algorithms.rules import canonical_name
 from etprop.errors import ArgumentError, CheckpointError
 from etprop.experiment import plots
 from etprop.experiment.checkpoint import CHECKPOINT_DIR, legacy_note, load_checkpoint, read_meta, save_checkpoint
+from etprop.experiment.distributed import check_devices, host_value, is_writer, local_copy, place
 from etprop.experiment.config import (ALGOS, LR_FLOOR, NOT_OFFERED, SCHEDULES, UNAVAILABLE, TrainConfig,
                                       algo_options, learning_rate, refusal)
 from etprop.experiment.metrics import append_rows, read_rows, write_rows
@@ -62,7 +63,9 @@ def _cosines(a: dict, b: dict) -> tuple[jax.Array, jax.Array]:
 
 
 def device_mesh(n: int, batch: int):
-    """A one-axis mesh ``('data',)`` over the first ``n`` devices (None for one device)."""
+    """A one-axis mesh ``('data',)`` over the first ``n`` devices (None for one device); with
+    several processes (`etprop.experiment.distributed`) over all of theirs."""
+    check_devices(n)
     if n == 1:
         return None
     devices = jax.devices()
@@ -101,14 +104,16 @@ class Run:
                                  dt=float(getattr(task, "dt", 1.0)))
         brainstate.nn.init_all_states(self.model, batch_size=B)
         x0 = jnp.zeros((B, task.n_in), jnp.float32)
-        mesh = device_mesh(cfg.devices, B)
+        self.mesh = mesh = device_mesh(cfg.devices, B)
         self.learner = etprop.compile(self.model, ALGOS[cfg.algo], x0, batch_size=B, mesh=mesh,
                                       **algo_options(cfg))
         lr = learning_rate(cfg, task.n_steps if cfg.update == "step" else 1)
         self.optimizer = optax.chain(optax.clip_by_global_norm(cfg.clip), optax.adam(lr))
         self.data_key = jax.random.key(cfg.seed + 1)
-        _, self.hidden0, self.others0 = self.learner.graph.mf.values()
-        self.traces0 = self.learner.etrace.value
+        _, hidden0, self.others0 = self.learner.graph.mf.values()
+        # the reset values are closed over by the jitted functions; with several processes a
+        # closure may not hold an array spread over other processes' devices: whole local copies
+        self.hidden0, self.traces0 = local_copy((hidden0, self.learner.etrace.value))
         self._seq = self.learner.sequence_fn(task.step_loss, return_out=True)
         self._bptt = None
         if cfg.eval_every and canonical_name(cfg.algo) != "bptt":
@@ -169,7 +174,7 @@ class Run:
         """``(state, step) -> (cosine, worst per-parameter cosine)`` of the online gradient of
         update ``step``'s batch to BPTT's, from reset states."""
         seq, ref = self._seq, self._bptt.sequence_fn(self.task.step_loss)
-        bptt_traces = self._bptt.etrace.value
+        bptt_traces = local_copy(self._bptt.etrace.value)
 
         def grad_cosine(state, step):
             batch = self._batch(step)
@@ -204,8 +209,19 @@ class Run:
 
     def initial_state(self) -> dict:
         params = self.learner.params()
-        return {"params": params, "opt_state": self.optimizer.init(params), "hidden": self.hidden0,
-                "others": self.others0, "traces": self.traces0}
+        return self.place({"params": params, "opt_state": self.optimizer.init(params), "hidden": self.hidden0,
+                           "others": self.others0, "traces": self.traces0})
+
+    def place(self, state: dict) -> dict:
+        """The run state on the run's devices: parameters and optimiser state replicated, hidden
+        states and traces where the learner keeps them (unchanged on one device)."""
+        if self.mesh is None:
+            return state
+        rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        h, o, tr = self.learner.constrain_carry(state["hidden"], state["others"], state["traces"])
+        fixed = place({k: state[k] for k in ("params", "opt_state")},
+                      jax.tree.map(lambda _: rep, {k: state[k] for k in ("params", "opt_state")}))
+        return {**fixed, "hidden": h, "others": o, "traces": tr}
 
     def compile(self, state) -> int | None:
         """Compile the update ahead of time (so the first step's time is the step's own);
@@ -234,7 +250,7 @@ class Run:
         with brainstate.environ.context(dt=self.dt):
             outs, obs = brainstate.transform.jit(lambda xs: brainstate.transform.for_loop(body, xs))(inputs)
         self.learner.reset()
-        pick = lambda a: np.asarray(u.get_mantissa(a))[:, 0]
+        pick = lambda a: host_value(u.get_mantissa(a))[:, 0]
         return {k: pick(v) for k, v in obs.items()}, pick(outs)
 
 
@@ -243,7 +259,7 @@ def _config_dict(cfg: TrainConfig) -> dict:
 
 
 def _peak_memory_text(step_temp: int | None) -> str:
-    dev = jax.devices()[0]
+    dev = jax.local_devices()[0]
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
     if stats and "peak_bytes_in_use" in stats:
         return f"peak device memory {stats['peak_bytes_in_use'] / 2 ** 20:.1f} MiB"
@@ -274,6 +290,8 @@ def train(cfg: TrainConfig | None = None, *, out: str | None = None, resume: str
     Returns:
       ``{"accuracy", "loss", "steps", "wall_s", "out", "chance", ...}`` of the final state.
     """
+    if not is_writer():  # several processes: process 0 alone logs and writes files
+        log, progress, plots_enabled = (lambda *a, **k: None), False, plots_enabled
     meta = None
     if resume is not None:
         meta = read_meta(resume)
@@ -289,7 +307,8 @@ def train(cfg: TrainConfig | None = None, *, out: str | None = None, resume: str
         state, start, rows = run.initial_state(), 0, []
         if resume is not None:  # everything is read and checked before anything is written
             state, start, rows = _resume(run, state, resume, meta, log)
-        os.makedirs(out, exist_ok=True)
+        if is_writer():
+            os.makedirs(out, exist_ok=True)
         return _train(run, state, start, rows, out, t_start, plots_enabled, progress, log, on_update)
 
 
@@ -319,6 +338,7 @@ def _resumed_config(meta: dict, resume: str, steps: int | None, devices: int | N
 def _resume(run: Run, state, resume: str, meta: dict, log) -> tuple[dict, int, list]:
     """The state, update count and metrics rows of the run checkpointed in ``resume``."""
     state, meta = load_checkpoint(resume, state)
+    state = run.place(state)
     start = int(meta["step"])
     if run.cfg.steps <= start:
         raise ArgumentError(f"the run in {resume!r} already has {start} updates; pass --steps N with N > "
@@ -363,12 +383,15 @@ def _loop(run: Run, state, start: int, rows: list, out: str, t_start: float, pro
     config = _config_dict(cfg)
     last = {"loss": float("nan"), "accuracy": float("nan")}
     done = start
-    write_rows(metrics_path, rows)  # the rows up to the checkpoint resumed from (none for a new run)
+    writer = is_writer()  # several processes: process 0 writes the rows (every process saves: a gather)
+    if writer:
+        write_rows(metrics_path, rows)  # the rows up to the checkpoint resumed from (none for a new run)
     written = len(rows)
 
     def flush():  # the rows since the last checkpoint, before the next one: each row is written once
         nonlocal written
-        append_rows(metrics_path, rows[written:])
+        if writer:
+            append_rows(metrics_path, rows[written:])
         written = len(rows)
 
     try:
@@ -405,19 +428,22 @@ def _loop(run: Run, state, start: int, rows: list, out: str, t_start: float, pro
 
 
 def _figures(run: Run, state, batch, rows: list, out: str, log) -> list[str]:
-    """``curves.png`` (and ``activity.png`` for spiking models); the paths written."""
+    """``curves.png`` (and ``activity.png`` for spiking models); the paths written (process 0
+    writes them; with several processes every process takes part in the recording)."""
     cfg = run.cfg
     if not plots.available():
         log("matplotlib is not installed: no figures (pip install 'etprop[examples]')")
+        return []
+    recorded = run.record(state["params"], batch.inputs) if cfg.model in SPIKING else None
+    if not is_writer():
         return []
     title = f"{cfg.task} / {cfg.model} / {cfg.algo}"
     path = os.path.join(out, "curves.png")
     plots.plot_curves(path, rows, title=title, chance=run.task.chance,
                       metric_name="accuracy" if run.task.kind == "classification" else "1 - NMSE")
     figures = [path]
-    if cfg.model in SPIKING:
-        obs, o = run.record(state["params"], batch.inputs)
+    if recorded is not None:
         path = os.path.join(out, "activity.png")
-        plots.plot_activity(path, obs, o, title=title)
+        plots.plot_activity(path, *recorded, title=title)
         figures.append(path)
     return figures

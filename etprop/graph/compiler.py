@@ -26,6 +26,7 @@ import numpy as np
 from etprop.errors import CompilationError, NotSupportedError
 from etprop.graph import _jaxpr
 from etprop.graph.positions import check_positions
+from etprop.graph.report import report_text
 from etprop.graph.model_fn import ModelFunction
 from etprop.primitive import ETPCall
 
@@ -107,39 +108,9 @@ class ETraceGraph:
     def traced_leaves(self) -> tuple[int, ...]:
         return tuple(sorted({r.leaf for r in self.relations}))
 
-    # -- report -------------------------------------------------------------------------------
-
     def report(self, algorithm_of=None, memory_of=None) -> str:
-        """Readable summary: groups, each parameter traced or not and why."""
-        lines = ["hidden groups:"]
-        for g in self.groups:
-            lines.append(f"  [{g.index}] {', '.join(g.names)}  shape={g.shape}  states per position S={g.num_states}")
-        lines.append("parameters:")
-        for leaf, name in enumerate(self.param_leaf_names):
-            rels = [r for r in self.relations if r.leaf == leaf]
-            shape = tuple(self.param_leaf_avals[leaf].shape)
-            if rels:
-                for r in rels:
-                    algo = algorithm_of(r) if algorithm_of else ""
-                    mem = memory_of(r) if memory_of else None
-                    mem_s = f"  trace {mem} bytes/sample" if mem is not None else ""
-                    lines.append(f"  {name} {shape}: traced via {r.call.primitive.name} -> group "
-                                 f"[{r.group}] {algo}{mem_s}")
-                if name in self.untraced:  # traced into some groups, refused for another
-                    lines.append(f"  {name} {shape}: not traced elsewhere: {self.untraced[name]}")
-            elif name in self.truncated:
-                lines.append(f"  {name} {shape}: not traced ({self.untraced.get(name, 'no ETP relation')}); "
-                             f"gradient of the current step only, the state's memory of it is dropped (route it "
-                             f"through an ETP operator, e.g. etprop.matmul, to trace it)")
-            else:
-                lines.append(f"  {name} {shape}: not traced ({self.untraced.get(name, 'no ETP relation')}); "
-                             f"exact gradient through the current step")
-        if self.carried:
-            lines.append("carried, not differentiated (not floating point): "
-                         + ", ".join(f"{n} ({d})" for n, d in self.carried))
-        for n in self.notes:
-            lines.append(f"note: {n}")
-        return "\n".join(lines)
+        """Readable summary: groups, each parameter traced or not and why (`etprop.graph.report`)."""
+        return report_text(self, algorithm_of, memory_of)
 
 
 def _carried_states(mf: ModelFunction) -> tuple:

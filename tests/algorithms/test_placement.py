@@ -158,7 +158,6 @@ def test_every_learner_on_four_devices_equals_one():
         assert all(s == "P('data',)" for s in r["traces"]), (name, r)
 
 
-@pytest.mark.slow  # every driver in a 4-device subprocess (~25 s); test_every_learner_... covers the default one
 def test_placements_hold_through_every_driver():
     res = _run("drivers")
     assert res.pop("indivisible") == ("batch_size=6 does not divide over the 4 devices of mesh axis 'data'; use a "
@@ -169,7 +168,6 @@ def test_placements_hold_through_every_driver():
         assert r["traces"] == ["P('data',)"], (name, r)
 
 
-@pytest.mark.slow  # a 4-device subprocess (~20 s on CI's 2 cores); run before changing trace_axis
 def test_sharded_traces_and_memory_per_device():
     res = _run("trace_axis")
     assert res["err"] < 1e-5
@@ -180,7 +178,6 @@ def test_sharded_traces_and_memory_per_device():
     assert mem[4]["argument_bytes"] < mem[2]["argument_bytes"] < mem[1]["argument_bytes"], mem
 
 
-@pytest.mark.slow  # two processes under jax.distributed (~25-40 s on CI's 2 cores)
 def test_two_processes_under_jax_distributed_equal_one():
     import socket
 
