@@ -6,6 +6,7 @@ compares the learner on the mesh with the same learner on one device (float32: t
 the sums' order) and reads the placements from the arrays' shardings.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -141,11 +142,19 @@ def _worker(case: str) -> dict:
     return out
 
 
-def _run(case: str) -> dict:
+@functools.lru_cache(maxsize=None)
+def _run_cases(cases: str) -> dict:
+    """``{case: result}`` of the ``+``-separated ``cases``, run in one 4-device subprocess (one
+    start of jax for several checks)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, __file__, case], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, __file__, cases], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run(case: str) -> dict:
+    together = "drivers+trace_axis"  # the tests of these two share their subprocess
+    return _run_cases(together if case in together.split("+") else case)[case]
 
 
 def test_every_learner_on_four_devices_equals_one():
@@ -229,4 +238,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "multihost":
         print(json.dumps(_multihost_worker(int(sys.argv[2]), int(sys.argv[3]))))
     else:
-        print(json.dumps(_worker(sys.argv[1])))
+        print(json.dumps({case: _worker(case) for case in sys.argv[1].split("+")}))
