@@ -254,8 +254,25 @@ class Run:
         return {k: pick(v) for k, v in obs.items()}, pick(outs)
 
 
-def _config_dict(cfg: TrainConfig) -> dict:
-    return dataclasses.asdict(cfg)
+def _config_dict(run: Run) -> dict:
+    """The settings a checkpoint is resumed with: the run's `TrainConfig` with its task's
+    parameters in full (``task_args``), so that a resumed run keeps its task when a later etprop
+    changes the task's defaults."""
+    saved = dataclasses.asdict(run.cfg)
+    saved["task_args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in run.task.config.items()}
+    return saved
+
+
+def _task_note(run: Run, meta: dict) -> str | None:
+    """A line for a checkpoint whose saved task parameters are not complete (written before
+    checkpoints held them all): the parameters it resumes with from this etprop's defaults."""
+    missing = sorted(set(run.task.config) - set(meta["config"].get("task_args") or {}))
+    if not missing:
+        return None
+    now = ", ".join(f"{k}={run.task.config[k]!r}" for k in missing)
+    return (f"note: this checkpoint does not record every parameter of task {run.cfg.task!r}; it continues with "
+            f"this etprop's defaults for them ({now}); if the run was started with other values, pass them with "
+            f"--task-arg in a new run")
 
 
 def _peak_memory_text(step_temp: int | None) -> str:
@@ -344,9 +361,9 @@ def _resume(run: Run, state, resume: str, meta: dict, log) -> tuple[dict, int, l
         raise ArgumentError(f"the run in {resume!r} already has {start} updates; pass --steps N with N > "
                             f"{start} to continue it")
     rows = read_rows(os.path.join(resume, "metrics.csv"), start)
-    note = legacy_note(meta)
-    if note:
-        log(note)
+    for note in (legacy_note(meta), _task_note(run, meta)):
+        if note:
+            log(note)
     log(f"resumed from {resume} at update {start}")
     return state, start, rows
 
@@ -380,7 +397,7 @@ def _loop(run: Run, state, start: int, rows: list, out: str, t_start: float, pro
     cfg = run.cfg
     metrics_path = os.path.join(out, "metrics.csv")
     bar = Progress(cfg.steps, start=start, enabled=progress)
-    config = _config_dict(cfg)
+    config = _config_dict(run)
     last = {"loss": float("nan"), "accuracy": float("nan")}
     done = start
     writer = is_writer()  # several processes: process 0 writes the rows (every process saves: a gather)

@@ -271,3 +271,28 @@ def test_schedule_and_eval_batch_settings_are_validated(field, value, needle):
 
     with pytest.raises(ArgumentError, match=needle):
         TrainConfig(**{field: value}).validate()
+
+
+def test_checkpoint_holds_every_task_parameter_and_old_ones_say_what_they_assume(tmp_path):
+    """A checkpoint records the task's parameters in full, so a run resumes on its own task when a
+    later etprop changes the defaults; a checkpoint that lacks some (written before) resumes with
+    today's defaults for them and says so."""
+    import json
+
+    from etprop.experiment.runner import TrainConfig, train
+
+    run = str(tmp_path / "run")
+    cfg = TrainConfig(task="copying", model="gru", batch=2, hidden=4, steps=1, eval_every=0, eval_batch=2,
+                      task_args={"length": 2, "delay": 1})
+    train(cfg, out=run, plots_enabled=False, progress=False, log=lambda *a: None)
+    meta_path = os.path.join(run, "checkpoint", "meta.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    assert meta["config"]["task_args"] == {"n_symbols": 4, "length": 2, "delay": 1}
+    meta["config"]["task_args"] = {"length": 2, "delay": 1}  # as a checkpoint of an earlier etprop
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    lines = []
+    train(resume=run, steps=2, plots_enabled=False, progress=False, log=lines.append)
+    notes = [ln for ln in lines if ln.startswith("note:")]
+    assert len(notes) == 1 and "n_symbols=4" in notes[0] and "'copying'" in notes[0], lines
