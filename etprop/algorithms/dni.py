@@ -265,8 +265,9 @@ class DNI(D_RTRL):
         hidden2, others2 = jax.tree.unflatten(jax.tree.structure((hidden, others)), list(h2) + list(o2))
         return unflatten_out_seq(self.graph, outs), hidden2, others2, ({**tr2, _SYNTH: sv} if given else tr2)
 
-    def _compiled_scan(self, step_loss, window=None, return_out=False, mode="window"):
-        scan = super()._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode)
+    def _compiled_scan(self, step_loss, window=None, return_out=False, mode="window", full_check=False):
+        scan = super()._compiled_scan(step_loss, window=window, return_out=return_out, mode=mode,
+                                      full_check=full_check)
 
         def run(params, hidden, others, traces, *rest):
             if _SYNTH not in traces:

@@ -250,10 +250,19 @@ class SequenceDrivers(OnlineUpdates):
         return ([("input", f"input {i}") for i in range(n_args)] + finite.state_items(self, traces)
                 + [("output", ""), ("loss", "")] + [("grad", n) for n in self.graph.param_leaf_names])
 
-    def _scan_row(self, args, p_flags, hidden, traces, out, losses, grads):
+    def _scan_row(self, args, p_flags, hidden, traces, out, losses, grads, check_traces: bool = True):
+        """One window's finite-check row (`_scan_items`); ``check_traces=False`` leaves the traces'
+        columns False (per-step rows: see `_compiled_scan`)."""
         parts = [t for _, t in finite.trace_parts(self, traces)]
-        return jnp.concatenate([finite.flags(list(args)), p_flags, finite.flags(list(hidden) + parts),
+        tr_flags = finite.flags(parts) if check_traces else jnp.zeros((len(parts),), bool)
+        return jnp.concatenate([finite.flags(list(args)), p_flags, finite.flags(list(hidden)), tr_flags,
                                 finite.flags([out, losses] + list(grads))])
+
+    def _light_check(self, window: int) -> bool:
+        """Whether a checked scan over windows of ``window`` steps checks the traces only at its end:
+        per step (a check of the traces at every step would cost one more pass over them per step,
+        1.24x a D-RTRL step); a bad call is then run again with every check to name the first bad item."""
+        return bool(self.check_finite) and window == 1
 
     def _raise_non_finite(self, where, summary, start, step_loss, window, mode, T):
         """Raise `NumericalError` if ``summary`` (one row per window) has a bad item; the step
@@ -270,8 +279,13 @@ class SequenceDrivers(OnlineUpdates):
         offset = int(start[2][-1]) if where == "step" else 0  # step(): the model's clock
         first_step = int(first) * win
         size = min(win, T - first_step)
-        if size > 1:
-            res = self._compiled_scan(step_loss, window=1, return_out=False, mode=mode)(*start)
+        if self._light_check(win):  # the traces were checked at the end only: again with every check
+            res = self._compiled_scan(step_loss, window=1, return_out=False, mode=mode, full_check=True)(*start)
+            any1, step1, row1 = finite.to_host(res[-1])
+            if bool(any1):
+                first_step, size, row = int(step1), 1, row1
+        elif size > 1:
+            res = self._compiled_scan(step_loss, window=1, return_out=False, mode=mode, full_check=True)(*start)
             any1, step1, row1 = finite.to_host(res[-1])
             kind = items[int(np.argmax(row1))][0] if bool(any1) else None
             inside = bool(any1) and first_step <= int(step1) < first_step + size
@@ -398,11 +412,13 @@ class SequenceDrivers(OnlineUpdates):
         return aux, g
 
     def _compiled_scan(self, step_loss, window: int | None = None, return_out: bool = False,
-                       mode: str = "window"):
+                       mode: str = "window", full_check: bool = False):
         """Jitted ``fn(params, hidden, others, traces, args, ys, mask, modulator)`` over ``T = n * window``
         steps (``window=None``: the algorithm's default, None meaning the whole sequence),
         returning ``(grad leaves, per-step losses, hidden', others', traces'[, outs])``, and with
-        `check_finite` a last ``(any bad, first bad window, its row)`` (`_scan_items` names it)."""
+        `check_finite` a last ``(any bad, first bad window, its row)`` (`_scan_items` names it). Per
+        step (`_light_check`) the rows check the traces at the end of the sequence only, unless
+        ``full_check`` (the rerun that names a bad call's first bad item)."""
         if window is None:
             window = self.default_window
         # keyed by what step_loss computes (its code and static closure values); the arrays it
@@ -413,7 +429,7 @@ class SequenceDrivers(OnlineUpdates):
         if batch_level:
             rebuild = (lambda r: lambda a: fast_path.BatchLevel(r(a)))(rebuild)
         check = bool(self.check_finite)
-        key = (lkey, batch_level, window, return_out, mode, check)
+        key = (lkey, batch_level, window, return_out, mode, check, full_check)
         fn = self._jit_cache.get(key)
         if fn is not None:
             return _with_arrays(fn, captured)
@@ -423,6 +439,7 @@ class SequenceDrivers(OnlineUpdates):
             T = mask.shape[0]
             win = T if window is None else min(window, T)
             n, rest = divmod(T, win)
+            light = self._light_check(win) and not full_check
             p_leaves, p_tree = jax.tree.flatten(self.param_tuple(params))
             p_flags = finite.flags(p_leaves) if check else None  # constant over the sequence
             # windows are sliced inside the loop, so the sequence is never copied
@@ -437,7 +454,7 @@ class SequenceDrivers(OnlineUpdates):
                 acc = [x + gi for x, gi in zip(acc, g)]
                 # the running sum turns non-finite at the first non-finite gradient; checking it lets
                 # XLA fuse the check into the add
-                row = self._scan_row(a, p_flags, h2, tr2, out, ls, acc) if check else None
+                row = self._scan_row(a, p_flags, h2, tr2, out, ls, acc, not light) if check else None
                 return (h2, o2, tr2, acc), (ls, out if return_out else None, row)
 
             carry = (hidden, others, traces, [jnp.zeros_like(l) for l in p_leaves])
@@ -450,6 +467,10 @@ class SequenceDrivers(OnlineUpdates):
                 outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outs, o2)
                 rows = None if r2 is None else jnp.concatenate([rows, r2[None]])
             h, o, tr, acc = carry
+            if check and light:  # the end state's traces, once, in the last row
+                lo = len(args) + len(p_leaves) + len(h)
+                parts = finite.flags([t for _, t in finite.trace_parts(self, tr)])
+                rows = rows.at[-1, lo:lo + parts.shape[0]].set(rows[-1, lo:lo + parts.shape[0]] | parts)
             res = (acc, losses, h, o, tr) + ((outs,) if return_out else ())
             return res + (finite.summarise(rows),) if check else res
 

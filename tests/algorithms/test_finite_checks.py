@@ -41,6 +41,21 @@ class Exploding(bs.nn.Module):
         return self.h.value
 
 
+class TraceOverflow(bs.nn.Module):
+    """``h' = 0.9 h + x W`` with a tiny ``W``: inputs of 3e38 two steps running keep ``h`` finite
+    (about 1e9) while D-RTRL's trace of ``W``, which sums the inputs, overflows to inf at the
+    second (the loss masked out at those steps, so no gradient product overflows there)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = bs.ParamState(jnp.full((N_IN, N_OUT), 1e-30))
+        self.h = bs.HiddenState(jnp.zeros((B, N_OUT)))
+
+    def update(self, x):
+        self.h.value = 0.9 * self.h.value + etprop.matmul(x, self.w.value)
+        return self.h.value
+
+
 class NaNBackward(ElementwiseRNN):
     """`ElementwiseRNN` whose output is ``sqrt(0 * z)``: the forward pass is 0, finite; its
     derivative is ``0 * inf``, so every gradient is NaN while the loss's derivative is finite."""
@@ -327,3 +342,17 @@ def test_bad_finds_every_nan_and_inf():
     assert not bool(bad(jnp.zeros((0,)))) and not bool(bad(jnp.arange(3)))  # empty; integers are not checked
     assert bool(bad(jnp.full((SUM_TEST_SIZE,), jnp.inf, jnp.float16)))
     assert not bool(bad(jnp.full((SUM_TEST_SIZE,), 60000.0, jnp.float16)))  # summed in float32
+
+
+@pytest.mark.parametrize("chunk", [1, None])
+def test_a_trace_that_overflows_is_named_at_its_step(chunk):
+    """Per step the drivers check the traces at the end of the call only (a pass over every trace
+    at every step costs 1.24x a D-RTRL step) and run a bad call again with every check: the
+    message still names the trace and the step it overflowed at, as the 16-step chunks do."""
+    T = 12
+    xs = jnp.ones((T, B, N_IN)).at[6:8].set(3e38)
+    ys = jnp.zeros((T, B, N_OUT))
+    learner = etprop.compile(TraceOverflow(), etprop.D_RTRL, xs[0], batch_size=B)
+    with pytest.raises(etprop.NumericalError,
+                       match=r"^etrace_grad: the eligibility trace of 'w' became NaN or inf at step 7"):
+        learner.etrace_grad(xs, ys, mse, mask=jnp.ones(T).at[6:8].set(0.0), closed_form_chunk=chunk)
