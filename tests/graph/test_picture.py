@@ -163,3 +163,20 @@ def test_cli_graph_writes_an_svg(tmp_path, capsys):
     assert str(out) in capsys.readouterr().out
     assert cli.main(["graph", "--model", "gru", "--algo", "rtrl", "--hidden", "4", "--out", "-"]) == 0
     assert any(s.startswith("RTRL on GRUNet") for s in _strings(capsys.readouterr().out))
+
+
+def test_docs_show_the_current_picture_of_every_built_in_model(tmp_path):
+    """docs/concepts.md shows ``docs/img/graph-NAME.svg`` for every model of `etprop train`, and each
+    file is what ``etprop graph --model NAME`` draws today (regenerate them with that command)."""
+    import pathlib
+
+    from etprop.experiment.models import MODELS as BUILT_IN
+
+    docs = pathlib.Path(__file__).resolve().parents[2] / "docs"
+    page = (docs / "concepts.md").read_text(encoding="utf-8")
+    for name in sorted(BUILT_IN):
+        assert f"](img/graph-{name}.svg)" in page, name
+        out = tmp_path / f"{name}.svg"
+        assert cli.main(["graph", "--model", name, "--out", str(out)]) == 0
+        assert out.read_text(encoding="utf-8") == (docs / "img" / f"graph-{name}.svg").read_text(encoding="utf-8"), (
+            f"docs/img/graph-{name}.svg is out of date: etprop graph --model {name} --out docs/img/graph-{name}.svg")
