@@ -24,6 +24,11 @@ A primitive may declare two optional rules used by online algorithms:
 ``param_grad(x, dy, params, aux, config) -> dict``
     The pullback of the forward w.r.t. the (transformed-mantissa) parameters
     for one sample. Defaults to `jax.vjp`; override for speed.
+``param_grad_sum(x, dy, params, aux, config) -> dict``
+    The same summed over a leading axis that ``x`` and ``dy`` carry (the batch, or
+    chunk x batch), for a parameter shared by every row. Defaults to `jax.vjp` of the
+    forward vmapped over that axis; override where that would form one ``(n, |theta|)``
+    product per row before the sum (`sparse_matmul`: 12x faster at batch 8).
 """
 
 from __future__ import annotations
@@ -162,6 +167,9 @@ class ETPPrimitive:
         unit of ``x`` with those of all non-bias parameters.
       out_to_param: ``{param_name: fn(v, params, aux, config)}``, see module doc.
       param_grad: ``param_grad(x, dy, params, aux, config) -> dict`` per sample.
+      param_grad_sum: ``param_grad_sum(x, dy, params, aux, config) -> dict`` summed over the
+        leading axis of ``x`` and ``dy``, see module doc (used by the online rules' batch sums
+        for calls without parameter transforms or units).
       chunkable: whether the closed form over a chunk of steps pays for this operator. A
         dense product's pullback summed over ``K`` steps is one ``(I x K)(K x O)`` matmul, which
         is why the learners default to chunks; a gather/scatter operator's (`sparse_matmul`)
@@ -194,6 +202,7 @@ class ETPPrimitive:
         out_unit: Callable | None = None,
         out_to_param: Mapping[str, Callable] | None = None,
         param_grad: Callable | None = None,
+        param_grad_sum: Callable | None = None,
         chunkable: bool = True,
         doc: str = "",
     ):
@@ -209,6 +218,7 @@ class ETPPrimitive:
         self.out_unit = out_unit
         self.out_to_param = dict(out_to_param or {})
         self._param_grad = param_grad
+        self.param_grad_sum = param_grad_sum
         if not isinstance(chunkable, bool):
             raise ArgumentError(f"ETPPrimitive {name!r}: 'chunkable' must be True or False, got {chunkable!r}")
         self.chunkable = chunkable

@@ -120,6 +120,9 @@ class RelationOps:
             ops[j] = xv.astype(jnp.result_type(ops[j]))
             axes[j] = 0
         axes[pos] = None
+        fast = self._param_grad_sum(ops, axes, cotangent)
+        if fast is not None:
+            return fast
 
         def f(pv):
             def one(*o):
@@ -130,6 +133,25 @@ class RelationOps:
 
         _, pull = jax.vjp(f, ops[pos])
         return pull(cotangent.astype(executor.output_aval(g, idx).dtype))[0]
+
+    def _param_grad_sum(self, ops, axes, cotangent):
+        """The primitive's own batch-summed parameter gradient (`ETPPrimitive.param_grad_sum`),
+        where it has one and applies: ``x`` carries the summed axis, parameters and other operands
+        are shared, and the call has no parameter transforms or units (its rule sees mantissas
+        after the transforms); else None."""
+        call = self.rel.call
+        rule = call.primitive.param_grad_sum
+        if rule is None or any(fn is not None for _, fn in call.fns):
+            return None
+        x_pos, p_pos, a_pos = call.operand_positions()
+        shared = list(p_pos.values()) + list(a_pos.values())
+        quantity = lambda q: isinstance(q, u.Quantity)
+        if (any(axes[j] != 0 for j in jax.tree.leaves(x_pos)) or any(axes[j] is not None for j in shared)
+                or any(quantity(q) for q in jax.tree.leaves(call.unflatten(list(range(len(ops)))), is_leaf=quantity))):
+            return None
+        x, params, aux = call.unflatten_leaves(ops)
+        dy = cotangent.astype(executor.output_aval(self.graph, self.rel.eqn_index).dtype)
+        return rule(x, dy, params, aux, call.config_dict)[self.rel.param]
 
     def param_vjp_sum(self, operands, cotangent, x_override=None):
         """`param_vjp` summed over the batch (one sample without a batch)."""

@@ -43,6 +43,40 @@ def _forward(x, params, aux, *, shape, in_bounds=False):
     return y if "bias" not in params else y + params["bias"]
 
 
+def _param_grad_sum(x, dy, params, aux, config):
+    """``sum_n dy[n, cols[k]] * x[n, rows[k]]`` per stored value ``k`` (and ``sum_n dy`` for the
+    bias), ``x`` ``(n, in)`` and ``dy`` ``(n, out)`` (more leading axes are summed too).
+
+    Written as a sum of ``n`` gathered products, up to 16 rows unrolled and beyond that eight
+    rows at a time, so that XLA makes one pass over the stored values per block: the vmapped
+    pullback forms the ``(n, nse)`` products and reduces them afterwards, 12x slower on a CPU
+    at ``n = 8``."""
+    rows, cols = aux["indices"][:, 0], aux["indices"][:, 1]
+    mode = "promise_in_bounds" if config.get("in_bounds") else "fill"
+    w = params["weight"]
+    x, dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])  # every leading axis is summed
+
+    def rows_sum(xb, db):  # a static handful of rows: unrolled into one fusion
+        acc = db[0].at[cols].get(mode=mode) * xb[0].at[rows].get(mode=mode)
+        for i in range(1, xb.shape[0]):
+            acc = acc + db[i].at[cols].get(mode=mode) * xb[i].at[rows].get(mode=mode)
+        return acc
+
+    n, block = x.shape[0], 8
+    if n <= 2 * block:
+        g = rows_sum(x, dy)
+    else:
+        full, rest = divmod(n, block)
+        g = rows_sum(x[full * block:], dy[full * block:]) if rest else jnp.zeros(w.shape, jnp.result_type(x, dy))
+        split = lambda a: a[:full * block].reshape((full, block) + a.shape[1:])
+        xb, db = split(x), split(dy)
+        g = jax.lax.fori_loop(0, full, lambda i, acc: acc + rows_sum(xb[i], db[i]), g)
+    out = {"weight": g.astype(w.dtype)}
+    if "bias" in params:
+        out["bias"] = jnp.sum(dy, axis=0).astype(params["bias"].dtype)
+    return out
+
+
 def _validate(x, params, aux, config):
     shape = config["shape"]
     w = params["weight"]
@@ -63,6 +97,7 @@ SPARSE_MATMUL = register_primitive(ETPPrimitive(
     # stored value k drives output column indices[k, 1] only
     out_to_param={"weight": lambda v, p, a, c: jnp.take(v, a["indices"][:, 1], axis=-1),
                   "bias": lambda v, p, a, c: v},
+    param_grad_sum=_param_grad_sum,
     # a chunk's pullback would gather (K, nse) products: per-step is 3-5x faster (benchmarks/scale.py)
     chunkable=False,
     doc="y = x @ BCOO(weight, structure) (+ bias)",

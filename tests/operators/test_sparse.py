@@ -150,3 +150,23 @@ def test_marking_and_out_to_param():
     np.testing.assert_array_equal(np.asarray(aux["indices"]), np.asarray(MAT.indices))
     check_out_to_param(call, x_m, tp, aux, "weight")
     check_out_to_param(call, x_m, tp, aux, "bias")
+
+
+@pytest.mark.parametrize("n", [1, 8, 20, 24])
+def test_batch_summed_parameter_gradient_equals_the_vmapped_pullback(n, x64):
+    """`sparse_matmul`'s ``param_grad_sum`` (the online rules' batch sums: rows unrolled, then
+    blocks of eight) is the pullback of the forward vmapped over ``n`` rows, in float64; with a
+    padded (out-of-bounds) stored value as BCOO writes them."""
+    from etprop.operators.sparse import SPARSE_MATMUL
+
+    idx = np.concatenate([np.asarray(MAT.indices), [[I, O]]]).astype(np.int32)  # one padding entry
+    w = jnp.asarray(rand(1, (idx.shape[0],)), jnp.float64)
+    b = jnp.asarray(rand(2, (O,)), jnp.float64)
+    x = jnp.asarray(rand(3, (n, I)), jnp.float64)
+    dy = jnp.asarray(rand(4, (n, O)), jnp.float64)
+    aux, config = {"indices": jnp.asarray(idx)}, {"shape": (I, O), "in_bounds": False}
+    f = lambda p: jax.vmap(lambda xv: SPARSE_MATMUL.forward(xv, p, aux, **config))(x)
+    want = jax.vjp(f, {"weight": w, "bias": b})[1](dy)[0]
+    got = SPARSE_MATMUL.param_grad_sum(x, dy, {"weight": w, "bias": b}, aux, config)
+    for k in ("weight", "bias"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12)
