@@ -32,6 +32,7 @@ import numpy as np
 import etprop
 from etprop.experiment import TrainConfig, train
 from etprop.experiment.config import task_train_defaults
+from etprop.tasks import get_task
 
 # task, model, updates (None: the task's train_defaults), extra settings
 WORKLOADS = [
@@ -90,7 +91,8 @@ def run(seeds=(0,), scale: float = 1.0, tasks=None, algos=ALGOS, log=print, out=
                     cos, cos_min = _mean_cosines(d) if algo != "bptt" else (1.0, 1.0)
                     rate = firing_rate(cfg, d)
                 row = {"task": task, "model": model, "algo": algo, "seed": seed, "updates": n, "hidden": cfg.hidden,
-                       "batch": cfg.batch, "accuracy": res["accuracy"], "chance": res["chance"],
+                       "batch": cfg.batch, "lr": cfg.lr, "T": get_task(task, **cfg.task_args).n_steps,
+                       "accuracy": res["accuracy"], "chance": res["chance"],
                        "grad_cos_bptt": cos, "grad_cos_bptt_min": cos_min, "rate_hz": rate, "wall_s": wall}
                 rows.append(row)
                 log(f"{task:9s} {model:5s} {algo:10s} seed {seed}: accuracy {res['accuracy']:.3f} "

@@ -44,20 +44,30 @@ def test_default_evidence_input_rates_and_silent_delay():
 
 def test_default_dms_has_a_long_delay():
     task = DMS()
-    assert task.delay * task.dt >= 500.0 and task.delay * task.dt == 1000.0   # ms
+    assert task.dt == 2.0                                            # ms per step
+    # a 1,000 ms delay of 500 steps (issue 17: delays of 500-1,000 steps); 150 ms periods
+    assert task.delay >= 500 and task.delay * task.dt == 1000.0
+    assert (task.cue_steps, task.recall_steps) == (75, 75) and task.n_steps == 725
     sample, test, decision = task.windows()
-    assert np.flatnonzero(sample).tolist() == list(range(15))
-    assert np.flatnonzero(test).tolist() == list(range(115, 130))    # after 100 silent steps
-    assert decision.sum() == 15 and task.n_steps == 145
+    assert np.flatnonzero(sample).tolist() == list(range(75))
+    assert np.flatnonzero(test).tolist() == list(range(575, 650))    # after 500 silent steps
+    assert decision.sum() == 75 and np.all(decision[-75:])
     batch = jax.jit(task.batch, static_argnums=1)(jax.random.key(1), 64)
-    stim = np.asarray(batch.inputs)[:, :, :20]
-    assert np.all(stim[15:115] == 0)                                 # silent delay
+    x = np.asarray(batch.inputs)
+    stim = x[:, :, :20]
+    assert np.all(stim[75:575] == 0)                                 # silent delay
+    shown = stim[:75].reshape(75, 64, 2, 10).max(axis=-1)            # which stimulus fires
+    assert np.all(shown.sum(axis=-1) <= 1)
+    assert stim[:75].sum(axis=-1).mean() == pytest.approx(10 * 0.08, abs=0.05)   # 40 Hz x 2 ms x 10
+    assert x[..., 30:].mean() == pytest.approx(0.02, abs=0.005)      # noise: 10 Hz x 2 ms
 
 
 def test_tasks_give_their_run_settings_and_explicit_ones_win():
     cfg = TrainConfig(task="evidence")
     assert (cfg.model, cfg.hidden, cfg.batch, cfg.steps, cfg.schedule_steps) == ("alif", 100, 64, 600, 600)
-    assert TrainConfig(task="dms").model == "alif"
+    dms = TrainConfig(task="dms")
+    assert (dms.model, dms.hidden, dms.batch, dms.steps, dms.schedule_steps, dms.lr) == \
+        ("alif", 100, 32, 1000, 1000, 0.025)
     plain = TrainConfig()
     assert {k: getattr(plain, k) for k in GLOBAL_DEFAULTS} == GLOBAL_DEFAULTS
     mine = TrainConfig(task="evidence", model="lif", hidden=8, batch=2, steps=3)

@@ -11,7 +11,7 @@ from etprop.errors import ArgumentError
 from etprop.tasks import TASKS, Adding, Batch, Copying, DMS, Evidence, Pattern, Task, get_task
 
 # Small sizes keep compilation and sampling cheap; semantics do not depend on them.
-SMALL = {"copying": {}, "dms": {"delay": 10}, "evidence": {"delay": 10},
+SMALL = {"copying": {}, "dms": {"delay": 10, "cue_steps": 15, "recall_steps": 15}, "evidence": {"delay": 10},
          "pattern": {"length": 40, "n_patterns": 3}, "adding": {"length": 20}}
 B = 256  # one batch size throughout: one compilation per task configuration
 
