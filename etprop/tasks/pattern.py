@@ -23,6 +23,9 @@ class Pattern(RegressionTask):
 
     ``targets`` ``(T, B, n_outputs)`` float32; ``mask`` all ones. Defaults follow Bellec et
     al.'s 1, 2, 3 and 5 Hz components over one second, shrunk to 200 steps and 50 inputs.
+    ``etprop train --task pattern`` fits them as the paper does, with a recurrent network of
+    leaky integrate-and-fire neurons (``--model lif``) read out by leaky integrators, 300
+    updates (`train_defaults`; measured in ``benchmarks/RESULTS.md``, issue 17).
     """
 
     name = "pattern"
@@ -30,6 +33,7 @@ class Pattern(RegressionTask):
     defaults = {"n_inputs": 50, "n_outputs": 1, "length": 200, "n_patterns": 1, "input_rate": 50.0,
                 "dt": 1.0, "freqs": (1.0, 2.0, 3.0, 5.0), "seed": 0}
     may_be_zero = frozenset({"seed"})
+    train_defaults = {"model": "lif", "steps": 300}
 
     def __init__(self, **overrides):
         super().__init__(**overrides)

@@ -68,6 +68,9 @@ def test_tasks_give_their_run_settings_and_explicit_ones_win():
     dms = TrainConfig(task="dms")
     assert (dms.model, dms.hidden, dms.batch, dms.steps, dms.schedule_steps, dms.lr) == \
         ("alif", 100, 32, 1000, 1000, 0.025)
+    pattern = TrainConfig(task="pattern")  # the paper's LIF network fits the sinusoids
+    assert (pattern.model, pattern.hidden, pattern.batch, pattern.steps, pattern.schedule_steps) == \
+        ("lif", 64, 32, 300, 300)
     plain = TrainConfig()
     assert {k: getattr(plain, k) for k in GLOBAL_DEFAULTS} == GLOBAL_DEFAULTS
     mine = TrainConfig(task="evidence", model="lif", hidden=8, batch=2, steps=3)
