@@ -279,17 +279,13 @@ class SequenceDrivers(OnlineUpdates):
         offset = int(start[2][-1]) if where == "step" else 0  # step(): the model's clock
         first_step = int(first) * win
         size = min(win, T - first_step)
-        if self._light_check(win):  # the traces were checked at the end only: again with every check
-            res = self._compiled_scan(step_loss, window=1, return_out=False, mode=mode, full_check=True)(*start)
-            any1, step1, row1 = finite.to_host(res[-1])
-            if bool(any1):
-                first_step, size, row = int(step1), 1, row1
-        elif size > 1:
+        light = self._light_check(win)  # the traces were checked at the end only
+        if light or size > 1:  # again step by step, with every check
             res = self._compiled_scan(step_loss, window=1, return_out=False, mode=mode, full_check=True)(*start)
             any1, step1, row1 = finite.to_host(res[-1])
             kind = items[int(np.argmax(row1))][0] if bool(any1) else None
             inside = bool(any1) and first_step <= int(step1) < first_step + size
-            if inside and (mode == "chunk" or kind != "grad"):
+            if (light and bool(any1)) or (inside and (mode == "chunk" or kind != "grad")):
                 first_step, size, row = int(step1), 1, row1
         raise NumericalError(finite.message(where, items, row, finite.step_text(offset + first_step, size)))
 
