@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from etprop.errors import ArgumentError
 
-__all__ = ["start", "is_writer", "host_value", "local_copy", "place", "check_devices"]
+__all__ = ["start", "is_writer", "host_value", "local_copy", "check_devices"]
 
 
 def start(coordinator: str, num_processes: int, process_id: int, devices: int | None) -> None:
@@ -72,18 +73,10 @@ def host_value(x) -> np.ndarray:
     An array split over several processes' devices is gathered (a collective: every process must
     call this, in the same order); any other array is copied from its devices."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     if isinstance(x, jax.Array) and not x.is_fully_addressable:  # replicated: every process has all of it
         return np.asarray(x.addressable_data(0))
     return np.asarray(x)
-
-
-def place(tree, shardings):
-    """``tree`` (the same whole values in every process) put on ``shardings`` (a matching tree);
-    with several processes each process transfers the slices of its own devices."""
-    return jax.device_put(tree, shardings)
 
 
 def local_copy(tree):

@@ -37,7 +37,7 @@ from etprop.algorithms.rules import canonical_name
 from etprop.errors import ArgumentError, CheckpointError
 from etprop.experiment import plots
 from etprop.experiment.checkpoint import CHECKPOINT_DIR, legacy_note, load_checkpoint, read_meta, save_checkpoint
-from etprop.experiment.distributed import check_devices, host_value, is_writer, local_copy, place
+from etprop.experiment.distributed import check_devices, host_value, is_writer, local_copy
 from etprop.experiment.config import (ALGOS, LR_FLOOR, NOT_OFFERED, SCHEDULES, UNAVAILABLE, TrainConfig,
                                       algo_options, learning_rate, refusal)
 from etprop.experiment.metrics import append_rows, read_rows, write_rows
@@ -219,8 +219,7 @@ class Run:
             return state
         rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         h, o, tr = self.learner.constrain_carry(state["hidden"], state["others"], state["traces"])
-        fixed = place({k: state[k] for k in ("params", "opt_state")},
-                      jax.tree.map(lambda _: rep, {k: state[k] for k in ("params", "opt_state")}))
+        fixed = jax.device_put({k: state[k] for k in ("params", "opt_state")}, rep)  # every process its slices
         return {**fixed, "hidden": h, "others": o, "traces": tr}
 
     def compile(self, state) -> int | None:
@@ -308,7 +307,7 @@ def train(cfg: TrainConfig | None = None, *, out: str | None = None, resume: str
       ``{"accuracy", "loss", "steps", "wall_s", "out", "chance", ...}`` of the final state.
     """
     if not is_writer():  # several processes: process 0 alone logs and writes files
-        log, progress, plots_enabled = (lambda *a, **k: None), False, plots_enabled
+        log, progress = (lambda *a, **k: None), False
     meta = None
     if resume is not None:
         meta = read_meta(resume)
